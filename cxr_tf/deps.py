@@ -1,0 +1,33 @@
+"""Imports of optional heavy dependencies, with install instructions when they are missing.
+
+TensorFlow is not a hard requirement of the package (installing it would replace the build that
+Colab or Kaggle already ship), so the modules that need it import it through here.
+"""
+
+INSTALL_HINT = (
+    "cxr_tf needs TensorFlow for this step, and it is not installed in this environment.\n"
+    "  - on a GPU or local machine:     pip install 'cxr_tf[tf]'\n"
+    "  - CPU only / Kaggle TPU VM:      pip install 'cxr_tf[tf-cpu]'\n"
+    "Colab and Kaggle images already ship TensorFlow: there, install cxr_tf without an extra."
+)
+
+
+def require_tensorflow():
+    """Return the `tensorflow` module, or raise ImportError naming the install command."""
+    try:
+        import tensorflow as tf
+    except ImportError as err:
+        raise ImportError(f"{INSTALL_HINT}\n(import error: {err})") from err
+    return tf
+
+
+def require_tfds():
+    """Return `tensorflow_datasets`, or raise ImportError naming the install command."""
+    require_tensorflow()
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise ImportError(
+            f"cxr_tf needs tensorflow-datasets: pip install 'tensorflow-datasets>=4.9' ({err})"
+        ) from err
+    return tfds
