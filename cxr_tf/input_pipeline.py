@@ -1,0 +1,488 @@
+"""tf.data input pipeline over the converter's TFRecords: read, decode, augment, balance, batch.
+
+`make_dataset` is the one entry point. Images come out float32 in [0, 1], `(B, S, S, C)`; the
+model normalises them itself (it owns that contract), so the pipeline, evaluation and the
+exported model cannot drift apart. Labels come out float32: `(B, 1)` for pneumonia (or one-hot
+`(B, 2)` with `label_mode="categorical"`), `(B, 14)` multi-hot for nih14.
+
+Training batches are `(images, labels)`, plus per-sample weights with `balance="class_weight"`.
+Evaluation batches are always `(images, labels, weights)` with weight 0 on padding, so that every
+example of the split is seen exactly once even when its size is not a multiple of the batch or
+the replicas (static shapes, as TPUs want).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxr_tf.convert import find_dataset_dir
+from cxr_tf.deps import require_tensorflow
+
+tf = require_tensorflow()
+
+BALANCE_MODES = ("none", "class_weight", "oversample", "pos_weight")
+LABEL_MODES = ("binary", "categorical", "multilabel")
+# Decoded splits up to this size are cached in memory (pneumonia at 256 px is ~0.6 GB).
+CACHE_LIMIT_BYTES = 3 * 2**30
+SHUFFLE_BUFFER = 2048
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Ranges of the training transform. Horizontal flip is off: anatomy is not symmetric."""
+
+    crop_scale: tuple[float, float] = (0.70, 1.0)  # area of the random crop, of the image
+    crop_ratio: tuple[float, float] = (0.85, 1.18)  # its aspect ratio
+    rotation_deg: float = 10.0
+    translate: float = 0.05  # of the image size
+    zoom: float = 0.10  # +- scale
+    brightness: float = 0.10  # added, in [0, 1] units
+    contrast: tuple[float, float] = (0.90, 1.10)
+    hflip: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Augment:
+        """Build from a config mapping; unknown keys raise ValueError naming the allowed ones."""
+        values = dict(values or {})
+        allowed = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"unknown augment keys {unknown}; allowed: {sorted(allowed)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclass
+class DataInfo:
+    """What the pipeline needs to know of a converted dataset, read from its metadata files."""
+
+    dataset_dir: Path
+    name: str
+    task: str  # "binary" or "multilabel"
+    label_key: str
+    label_names: list[str]
+    image_format: str
+    stored_size: int
+    splits: dict[str, dict] = field(default_factory=dict)  # num_examples, class_counts
+    shard_lengths: dict[str, list[int]] = field(default_factory=dict)
+
+    def num_examples(self, split: str) -> int:
+        return self.splits[split]["num_examples"]
+
+    def files(self, split: str) -> list[str]:
+        """The shard files of `split`, in order; raises if one is missing."""
+        n = len(self.shard_lengths[split])
+        names = [f"{self.name}-{split}.tfrecord-{i:05d}-of-{n:05d}" for i in range(n)]
+        missing = [m for m in names if not (self.dataset_dir / m).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.dataset_dir} lacks {len(missing)} shard files of split {split!r} "
+                f"(e.g. {missing[0]}); convert again with --overwrite."
+            )
+        return [str(self.dataset_dir / m) for m in names]
+
+
+def read_info(data_dir, dataset: str | None = None) -> DataInfo:
+    """Read a converted dataset's metadata; `data_dir` is the converter's `--out` or below.
+
+    Raises FileNotFoundError for a missing folder or an interrupted conversion.
+    """
+    dataset_dir = find_dataset_dir(Path(data_dir), dataset)
+    meta = json.loads((dataset_dir / "metadata.json").read_text())
+    ds_info = json.loads((dataset_dir / "dataset_info.json").read_text())
+    shard_lengths = {
+        s["name"]: [int(x) for x in s.get("shardLengths", [])] for s in ds_info["splits"]
+    }
+    return DataInfo(
+        dataset_dir=dataset_dir,
+        name=meta["dataset"],
+        task=meta["task"],
+        label_key=meta["label_key"],
+        label_names=list(meta["label_names"]),
+        image_format=meta["image_format"],
+        stored_size=int(meta["image_size"]),
+        splits=meta["splits"],
+        shard_lengths=shard_lengths,
+    )
+
+
+def class_weights(info: DataInfo, split: str = "train") -> dict[int, float]:
+    """Per-class weights that make each class count equally, from the metadata counts.
+
+    Single-label data only: Keras' `class_weight` weights a sample by the argmax of its label,
+    which is wrong for multi-hot labels, so asking for it on nih14 is an error.
+    """
+    if info.task != "binary":
+        raise ValueError(
+            f"class weights are for single-label data, and {info.name} is multi-label (Keras "
+            "would weight each sample by the argmax of its multi-hot label). Use "
+            "balance='pos_weight' (per-label positive weights in the loss) instead."
+        )
+    counts = [info.splits[split]["class_counts"][name] for name in info.label_names]
+    total = sum(counts)
+    return {i: total / (len(counts) * c) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def positive_weights(info: DataInfo, split: str = "train") -> np.ndarray:
+    """Per-label negative/positive ratio for a weighted BCE loss, from the metadata counts.
+
+    A label with no positive example gets weight 1 (nothing to up-weight).
+    """
+    n = info.num_examples(split)
+    counts = info.splits[split]["class_counts"]
+    if info.task == "binary":
+        pos = np.array([counts[info.label_names[1]]], dtype=np.float64)
+    else:
+        pos = np.array([counts[name] for name in info.label_names], dtype=np.float64)
+    return np.where(pos > 0, (n - pos) / np.maximum(pos, 1), 1.0).astype(np.float32)
+
+
+def steps_per_epoch(info: DataInfo, split: str, global_batch_size: int) -> int:
+    """Training steps that see about one epoch of `split` (full batches only)."""
+    return max(1, info.num_examples(split) // global_batch_size)
+
+
+def eval_steps(info: DataInfo, split: str, global_batch_size: int, num_pipelines: int = 1) -> int:
+    """Batches of an evaluation pass (see `make_dataset`): padded, identical on every pipeline."""
+    step_examples = global_batch_size // num_pipelines
+    counts = _pipeline_counts(info, split, num_pipelines)
+    return max(1, math.ceil(max(counts) / step_examples))
+
+
+def _pipeline_counts(info: DataInfo, split: str, num_pipelines: int) -> list[int]:
+    lengths = info.shard_lengths[split]
+    if len(lengths) >= num_pipelines:
+        return [sum(lengths[p::num_pipelines]) for p in range(num_pipelines)]
+    n = sum(lengths)
+    return [len(range(p, n, num_pipelines)) for p in range(num_pipelines)]
+
+
+# ------------------------------------------------------------------ transforms
+
+
+def decode(encoded: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG/PNG bytes -> uint8 (H, W, 1); any number of channels becomes grayscale."""
+    image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    image = tf.cond(
+        tf.shape(image)[-1] >= 3,
+        lambda: tf.image.rgb_to_grayscale(image[..., :3]),
+        lambda: image[..., :1],
+    )
+    if image.dtype != tf.uint8:
+        image = tf.image.convert_image_dtype(image, tf.uint8)
+    return image
+
+
+def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float = 0.875) -> tf.Tensor:
+    """Deterministic: resize the shorter side to `image_size / crop_fraction`, center crop.
+
+    Input uint8 (H, W, 1); output float32 (S, S, 1) in [0, 1]. The exported model applies this
+    same function to the bytes it is sent.
+    """
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    short = tf.cast(tf.math.ceil(image_size / crop_fraction), tf.float32)
+    new_hw = tf.cast(tf.math.round(shape * short / tf.reduce_min(shape)), tf.int32)
+    new_hw = tf.maximum(new_hw, image_size)
+    image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, new_hw, antialias=True)
+    top = (new_hw[0] - image_size) // 2
+    left = (new_hw[1] - image_size) // 2
+    image = image[top : top + image_size, left : left + image_size, :]
+    return tf.clip_by_value(tf.ensure_shape(image, [image_size, image_size, 1]), 0.0, 1.0)
+
+
+def _affine(image, seed, image_size: int, aug: Augment):
+    """One resampling for rotation, zoom and translation (three separate warps blur thrice)."""
+    u = tf.random.stateless_uniform([4], seed=seed, minval=-1.0, maxval=1.0)
+    theta = u[0] * aug.rotation_deg * math.pi / 180.0
+    zoom = 1.0 + u[1] * aug.zoom
+    tx, ty = u[2] * aug.translate * image_size, u[3] * aug.translate * image_size
+    c = (image_size - 1) / 2.0
+    a00, a01 = tf.cos(theta) / zoom, -tf.sin(theta) / zoom
+    a10, a11 = tf.sin(theta) / zoom, tf.cos(theta) / zoom
+    transform = tf.stack(
+        [a00, a01, c + tx - a00 * c - a01 * c, a10, a11, c + ty - a10 * c - a11 * c, 0.0, 0.0]
+    )
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=transform[None],
+        output_shape=[image_size, image_size],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
+    return out[0]
+
+
+def train_transform(image, seed, image_size: int, aug: Augment) -> tf.Tensor:
+    """Random crop/scale to a square, rotation, translation, zoom, brightness, contrast.
+
+    Input uint8 (H, W, 1) and a stateless seed (2,); output float32 (S, S, 1) in [0, 1]. Every
+    random draw comes from the per-example seed, so a fixed pipeline seed gives identical batches.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seeds[0],
+        min_object_covered=0.0,
+        aspect_ratio_range=aug.crop_ratio,
+        area_range=aug.crop_scale,
+        max_attempts=20,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, size)
+    image = tf.image.resize(
+        tf.cast(image, tf.float32) / 255.0, [image_size, image_size], antialias=True
+    )
+    image = _affine(image, seeds[1], image_size, aug)
+    if aug.hflip:
+        image = tf.image.stateless_random_flip_left_right(image, seeds[2])
+    if aug.brightness:
+        image = tf.image.stateless_random_brightness(image, aug.brightness, seeds[3])
+    if aug.contrast and aug.contrast != (1.0, 1.0):
+        image = tf.image.stateless_random_contrast(image, *aug.contrast, seed=seeds[4])
+    return tf.clip_by_value(tf.ensure_shape(image, [image_size, image_size, 1]), 0.0, 1.0)
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+def make_dataset(
+    data_dir,
+    split: str,
+    *,
+    global_batch_size: int,
+    image_size: int = 224,
+    training: bool,
+    augment: Augment | dict | None = None,
+    balance: str = "none",
+    seed: int | None = None,
+    input_context=None,
+    channels: int = 3,
+    label_mode: str | None = None,
+    dataset: str | None = None,
+    oversample_ratio: list[float] | None = None,
+    cache: bool | None = None,
+    crop_fraction: float = 0.875,
+    skip_batches: int = 0,
+) -> tf.data.Dataset:
+    """Batches of `(images, labels[, weights])` from a converted dataset; see the module doc.
+
+    Args:
+      data_dir: the converter's `--out` folder, or the dataset folder inside it.
+      split: "train", "validation" or "test".
+      global_batch_size: batch over all replicas; each pipeline yields its share.
+      image_size: side S of the square output.
+      training: random transform, shuffling and endless repetition; else one padded pass.
+      augment: an `Augment` (or its dict) for training; None uses the defaults.
+      balance: "none", "class_weight" (per-sample weights, single-label only), "oversample"
+        (per-class streams mixed to `oversample_ratio`, default equal; single-label only) or
+        "pos_weight" (nothing changes here: `positive_weights` goes to the loss).
+      seed: fixes file order, shuffling and augmentation; None is faster but not repeatable.
+      input_context: a `tf.distribute.InputContext` (from `distribute_datasets_from_function`).
+      channels: 3 (grayscale repeated, for ImageNet weights) or 1.
+      label_mode: "binary" (B, 1), "categorical" (one-hot) or "multilabel"; default by task.
+      dataset: picks "pneumonia" or "nih14" when `data_dir` holds both.
+      cache: keep decoded images in memory; default when the split fits in CACHE_LIMIT_BYTES.
+      crop_fraction: evaluation resize-then-center-crop fraction.
+      skip_batches: training only: start the stream this many steps in (a resumed run then sees
+        the batches an uninterrupted one would, without augmenting the skipped ones).
+    """
+    info = read_info(data_dir, dataset)
+    if split not in info.splits:
+        raise ValueError(
+            f"split {split!r} is not one of {sorted(info.splits)} in {info.dataset_dir}"
+        )
+    if balance not in BALANCE_MODES:
+        raise ValueError(f"balance {balance!r} is not one of {BALANCE_MODES}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: use 3 (ImageNet weights) or 1")
+    label_mode = label_mode or ("multilabel" if info.task == "multilabel" else "binary")
+    if label_mode not in LABEL_MODES or (label_mode == "multilabel") != (info.task == "multilabel"):
+        raise ValueError(f"label_mode {label_mode!r} does not fit the {info.task} task {info.name}")
+    if balance in ("class_weight", "oversample") and info.task != "binary":
+        class_weights(info)  # raises the explanatory error
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    if global_batch_size < 1 or global_batch_size % max(replicas, num_pipelines):
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by the "
+            f"{max(replicas, num_pipelines)} replicas; use a multiple, e.g. "
+            f"{max(replicas, num_pipelines) * max(1, global_batch_size // max(replicas, 1))}"
+        )
+    # distribute_datasets_from_function wants per-replica batches; one pipeline may feed several.
+    batch = global_batch_size // max(replicas, 1)
+    step_examples = global_batch_size // num_pipelines  # what one pipeline supplies per step
+    aug = augment if isinstance(augment, Augment) else Augment.from_dict(augment)
+    files = info.files(split)
+    num_classes = len(info.label_names)
+
+    # 1. Files, sharded per input pipeline so each host reads only its own; fall back to records.
+    file_level = len(files) >= num_pipelines
+    if file_level and num_pipelines > 1:
+        files = files[pipeline_id::num_pipelines]
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    # 2. Parallel interleave: several files in flight hide per-file read latency (GCS on TPUs).
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=seed is not None or not training,
+    )
+    if not file_level and num_pipelines > 1:
+        ds = ds.shard(num_pipelines, pipeline_id)
+
+    # 3. Parse only the image and the label; 4. decode once, before the cache.
+    label_key = info.label_key
+    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+    if info.task == "multilabel":
+        spec[label_key] = tf.io.FixedLenFeature([num_classes], tf.int64)
+    else:
+        spec[label_key] = tf.io.FixedLenFeature([], tf.int64)
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        # Stored images are 1-channel uint8 (the converter wrote them): no conversion needed.
+        image = tf.io.decode_image(ex["image"], channels=1, expand_animations=False)
+        return image, ex[label_key]
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache is None:
+        n = info.num_examples(split)
+        cache = n * info.stored_size**2 * 1.4 / num_pipelines <= CACHE_LIMIT_BYTES
+    # 5. Cache decoded uint8 so later epochs skip reading and decoding (per class stream when
+    # oversampling: two iterators must not fill one cache).
+    if cache and not (training and balance == "oversample"):
+        ds = ds.cache()
+
+    def to_label(label):
+        if label_mode == "multilabel":
+            return tf.cast(label, tf.float32)
+        if label_mode == "categorical":
+            return tf.one_hot(label, num_classes, dtype=tf.float32)
+        return tf.cast(label, tf.float32)[None]
+
+    if not training:
+        return _finish(
+            _eval_tail(
+                ds,
+                info,
+                split,
+                batch,
+                step_examples,
+                num_pipelines,
+                pipeline_id,
+                image_size,
+                channels,
+                crop_fraction,
+                to_label,
+                num_classes,
+                label_mode,
+            ),
+            deterministic=True,
+        )
+
+    # 6. Shuffle and repeat (or per-class streams) before augmenting, so every repeat of an
+    # image gets a fresh random transform.
+    if balance == "oversample":
+        weights = oversample_ratio or [1.0] * num_classes
+        if len(weights) != num_classes:
+            raise ValueError(f"oversample_ratio {weights} needs {num_classes} numbers")
+        streams = [
+            _maybe_cache(ds.filter(lambda img, lab, c=c: tf.equal(lab, c)), cache)
+            .shuffle(SHUFFLE_BUFFER, seed=None if seed is None else seed + 1 + c)
+            .repeat()
+            for c in range(num_classes)
+        ]
+        total = float(sum(weights))
+        ds = tf.data.Dataset.sample_from_datasets(
+            streams, weights=[w / total for w in weights], seed=seed
+        )
+    else:
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+
+    # 7. Per-example stateless seeds: deterministic augmentation even with parallel maps.
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    ds = tf.data.Dataset.zip((ds, seeds))
+    if skip_batches:
+        ds = ds.skip(skip_batches * step_examples)
+    weight_table = None
+    if balance == "class_weight":
+        cw = class_weights(info, split)
+        weight_table = tf.constant([cw[i] for i in range(num_classes)], tf.float32)
+
+    def train_map(example, seed_pair):
+        image, label = example
+        image = train_transform(image, seed_pair, image_size, aug)
+        if channels == 3:
+            image = tf.repeat(image, 3, axis=-1)
+        if weight_table is not None:
+            return image, to_label(label), tf.gather(weight_table, label)
+        return image, to_label(label)
+
+    ds = ds.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
+    # 8. Static shapes for XLA/TPU: full batches only.
+    ds = ds.batch(batch, drop_remainder=True)
+    return _finish(ds, deterministic=seed is not None)
+
+
+def _maybe_cache(ds, cache: bool):
+    return ds.cache() if cache else ds
+
+
+def _eval_tail(
+    ds,
+    info,
+    split,
+    batch,
+    step_examples,
+    num_pipelines,
+    pipeline_id,
+    image_size,
+    channels,
+    crop_fraction,
+    to_label,
+    num_classes,
+    label_mode,
+):
+    """Evaluation: deterministic transform, weight 1, then weight-0 padding up to a number of
+    full batches that is the same on every pipeline."""
+    counts = _pipeline_counts(info, split, num_pipelines)
+    steps = max(1, math.ceil(max(counts) / step_examples))
+    pad = steps * step_examples - counts[pipeline_id]
+
+    def eval_map(image, label):
+        image = eval_transform(image, image_size, crop_fraction)
+        if channels == 3:
+            image = tf.repeat(image, 3, axis=-1)
+        return image, to_label(label), tf.constant(1.0)
+
+    ds = ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE)
+    label_shape = [num_classes] if label_mode in ("multilabel", "categorical") else [1]
+    filler = (
+        tf.zeros([image_size, image_size, channels]),
+        tf.zeros(label_shape),
+        tf.constant(0.0),
+    )
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(pad))
+    return ds.batch(batch, drop_remainder=True)
+
+
+def _finish(ds, *, deterministic: bool):
+    """Options set deliberately, then prefetch last so the accelerator never waits on Python."""
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    options.deterministic = deterministic
+    # One thread per op inside the pipeline: the parallel maps already fill the cores.
+    options.threading.max_intra_op_parallelism = 1
+    options.experimental_optimization.map_parallelization = True
+    # Sharding is done above, per input pipeline; tf.distribute must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

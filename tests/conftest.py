@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny converted datasets, and two logical CPU devices for tf.distribute tests.
+
+The logical devices must be configured before TensorFlow initialises its runtime, so it happens
+here, at import, once for the whole session.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+from cxr_tf import synthetic  # noqa: E402
+from cxr_tf.convert import convert  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pneumonia_data(tmp_path_factory):
+    """A converted synthetic pneumonia dataset (~300 images at 64 px, several train shards)."""
+    root = tmp_path_factory.mktemp("pneumonia")
+    synthetic.write_pneumonia(root / "raw", num_images=300, image_size=80, seed=3)
+    convert(
+        "pneumonia",
+        root / "raw",
+        root / "tfrecords",
+        image_size=64,
+        workers=1,
+        shard_mb=0.05,
+        progress=False,
+    )
+    return root / "tfrecords"
+
+
+@pytest.fixture(scope="session")
+def nih14_data(tmp_path_factory):
+    """A converted synthetic NIH dataset (~200 images at 64 px)."""
+    root = tmp_path_factory.mktemp("nih14")
+    synthetic.write_nih14(root / "raw", num_images=200, image_size=64, seed=4)
+    convert(
+        "nih14",
+        root / "raw",
+        root / "tfrecords",
+        image_size=64,
+        workers=1,
+        shard_mb=0.05,
+        progress=False,
+    )
+    return root / "tfrecords"
