@@ -1,0 +1,137 @@
+"""Training configuration: one flat dataclass, read from `training/*.yaml`, overridable by
+`--set key=value`, and written back resolved into the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cxr_tf.input_pipeline import BALANCE_MODES
+
+LOSSES = ("bce", "weighted_bce", "cce")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+def _default_stages():
+    return [{"epochs": 10, "learning_rate": 1e-3, "train_backbone": True}]
+
+
+@dataclass
+class Config:
+    """Everything a training run needs besides the data folder, run folder and strategy.
+
+    `batch_size` is per replica: the global batch is `batch_size x replicas`. Each entry of
+    `stages` is `{epochs, learning_rate, train_backbone}`; a stage with `train_backbone: false`
+    trains the head only, with the backbone's BatchNorm layers in inference mode.
+    """
+
+    dataset: str = "pneumonia"
+    model: str = "densenet121"
+    weights: str = "imagenet"
+    image_size: int = 224
+    channels: int = 3
+    activation: str = "sigmoid"
+    dropout: float = 0.0
+    batch_size: int = 32
+    balance: str = "none"
+    oversample_ratio: list | None = None
+    augment: dict = field(default_factory=dict)
+    cache: bool | None = None
+    seed: int = 0
+    optimizer: str = "adam"
+    loss: str = "bce"
+    stages: list = field(default_factory=_default_stages)
+    steps_per_epoch: int | None = None
+    monitor: str = "val_loss"
+    early_stopping_patience: int = 5
+    reduce_lr_factor: float = 0.1
+    reduce_lr_patience: int = 2
+    min_learning_rate: float = 1e-7
+    steps_per_execution: int | None = None
+    mixed_precision: str = "auto"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad key, its value and what is allowed."""
+        from cxr_tf.convert import DATASETS
+
+        checks = [
+            ("dataset", self.dataset in DATASETS, sorted(DATASETS)),
+            ("balance", self.balance in BALANCE_MODES, BALANCE_MODES),
+            ("loss", self.loss in LOSSES, LOSSES),
+            ("mixed_precision", self.mixed_precision in PRECISIONS, PRECISIONS),
+            ("activation", self.activation in ("sigmoid", "softmax"), ("sigmoid", "softmax")),
+            ("optimizer", self.optimizer in ("adam", "sgd"), ("adam", "sgd")),
+            ("channels", self.channels in (1, 3), (1, 3)),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"config {key}={getattr(self, key)!r} is not one of {allowed}")
+        if self.batch_size < 1 or self.image_size < 16:
+            raise ValueError(
+                f"config batch_size={self.batch_size} / image_size={self.image_size} too small"
+            )
+        if not self.stages:
+            raise ValueError("config stages is empty; give at least one {epochs, learning_rate}")
+        for i, stage in enumerate(self.stages):
+            unknown = set(stage) - {"epochs", "learning_rate", "train_backbone"}
+            if unknown or "epochs" not in stage or "learning_rate" not in stage:
+                raise ValueError(
+                    f"config stages[{i}]={stage} needs epochs and learning_rate (and optionally "
+                    f"train_backbone); unknown keys: {sorted(unknown)}"
+                )
+        if (self.activation == "softmax") != (self.loss == "cce"):
+            raise ValueError(
+                f"activation={self.activation!r} with loss={self.loss!r}: softmax goes with "
+                "loss cce, sigmoid with bce or weighted_bce"
+            )
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(int(s["epochs"]) for s in self.stages)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _fields() -> dict:
+    return {f.name: f for f in dataclasses.fields(Config)}
+
+
+def from_dict(values: dict) -> Config:
+    """A Config from a mapping; unknown keys raise ValueError naming the allowed keys."""
+    unknown = sorted(set(values) - set(_fields()))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(_fields())}")
+    return Config(**values)
+
+
+def load(path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config and apply `key=value` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist (see training/*.yaml)")
+    values = yaml.safe_load(path.read_text()) or {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r} is not key=value (e.g. --set batch_size=16)")
+        key = key.strip()
+        if "." in key:  # augment.rotation_deg=5
+            top, sub = key.split(".", 1)
+            values.setdefault(top, {})
+            values[top][sub] = yaml.safe_load(raw)
+        else:
+            values[key] = yaml.safe_load(raw)
+    return from_dict(values)
+
+
+def save(config: Config, path) -> None:
+    """Write the resolved config as YAML (what `load` reads back)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

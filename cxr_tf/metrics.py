@@ -1,0 +1,140 @@
+"""Predictions over a split, decision thresholds, and per-class metrics (numpy + scikit-learn).
+
+Shared by training (thresholds chosen on the validation split, validation metrics) and
+evaluation, so both compute the same numbers the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def predict_split(model, data_dir, split: str, dataset: str | None = None, *, batch_size=32):
+    """(probabilities, labels) for every example of `split`, in file order, padding removed.
+
+    The evaluation transform and image size come from the model's input contract.
+    """
+    import keras
+
+    from cxr_tf import input_pipeline
+    from cxr_tf.models import input_contract
+
+    contract = input_contract(model)
+    label_mode = "categorical" if model.output_shape[-1] == 2 else None
+    ds = input_pipeline.make_dataset(
+        data_dir,
+        split,
+        global_batch_size=batch_size,
+        image_size=contract.image_size,
+        training=False,
+        channels=contract.channels,
+        crop_fraction=contract.crop_fraction,
+        label_mode=label_mode,
+        dataset=dataset,
+    )
+    probs, labels = [], []
+    for images, y, w in ds.as_numpy_iterator():
+        keep = w > 0
+        if not keep.any():
+            continue
+        # A direct call, not predict_on_batch: under MirroredStrategy that one runs the whole
+        # batch on every replica and concatenates the copies.
+        p = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)), np.float32)
+        probs.append(p[keep])
+        labels.append(y[keep])
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def choose_thresholds(probs: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Per class, the threshold that maximises F1 (0.5 where a class has no positive)."""
+    out = []
+    for j in range(probs.shape[1]):
+        y, p = labels[:, j] > 0.5, probs[:, j]
+        if not y.any() or y.all():
+            out.append(0.5)
+            continue
+        precision, recall, cuts = skm.precision_recall_curve(y, p)
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        out.append(float(cuts[int(np.argmax(f1[:-1]))]))
+    return out
+
+
+def save_thresholds(path, label_names, thresholds, source: str) -> None:
+    """Write thresholds.json: label names, thresholds, and where they come from."""
+    Path(path).write_text(
+        json.dumps(
+            {
+                "label_names": list(label_names),
+                "thresholds": [float(t) for t in thresholds],
+                "source": source,
+                "method": "max F1" if source != "default" else "0.5",
+            },
+            indent=2,
+        )
+    )
+
+
+def load_thresholds(path) -> dict:
+    """Read a thresholds.json written by `save_thresholds`."""
+    data = json.loads(Path(path).read_text())
+    if "thresholds" not in data or "label_names" not in data:
+        raise ValueError(f"{path} is not a cxr_tf thresholds file (no thresholds/label_names)")
+    return data
+
+
+def _safe(fn, *args):
+    try:
+        return float(fn(*args))
+    except ValueError:  # one class only in y_true
+        return None
+
+
+def per_class(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
+    """AUROC, average precision and the confusion-based metrics of one class."""
+    y = y > 0.5
+    pred = p >= threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    sens = tp / (tp + fn) if tp + fn else None
+    prec = tp / (tp + fp) if tp + fp else None
+    return {
+        "auroc": _safe(skm.roc_auc_score, y, p),
+        "average_precision": _safe(skm.average_precision_score, y, p) if y.any() else None,
+        "sensitivity": sens,
+        "specificity": tn / (tn + fp) if tn + fp else None,
+        "precision": prec,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+        "support": int(y.sum()),
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def summarize(probs, labels, thresholds, label_names) -> dict:
+    """Per-class metrics, their macro means (over classes where defined), and accuracy.
+
+    For a softmax model (one-hot labels, two columns) accuracy is argmax accuracy; otherwise it
+    is the share of label decisions that are right at the thresholds.
+    """
+    classes = {
+        name: per_class(labels[:, j], probs[:, j], thresholds[j])
+        for j, name in enumerate(label_names)
+    }
+    macro = {}
+    for key in ("auroc", "average_precision", "sensitivity", "specificity", "precision", "f1"):
+        vals = [c[key] for c in classes.values() if c[key] is not None]
+        macro[key] = float(np.mean(vals)) if vals else None
+    if probs.shape[1] == 2 and np.allclose(labels.sum(1), 1):
+        accuracy = float((probs.argmax(1) == labels.argmax(1)).mean())
+    else:
+        accuracy = float(((probs >= np.asarray(thresholds)) == (labels > 0.5)).mean())
+    return {"n": int(len(labels)), "classes": classes, "macro": macro, "accuracy": accuracy}

@@ -1,0 +1,274 @@
+"""DenseNet-121/169/201/161 (and a tiny variant for tests and the CPU demo) for chest X-rays.
+
+One builder over a table of variants. For 121/169/201 every layer has the name that
+`keras.applications` gives it, so its ImageNet weights load by name; DenseNet-161 (growth 48,
+96-filter stem, blocks 6-12-36-24) is the model of the pneumonia reference notebook, which Keras
+does not ship. Only `keras.layers` / `keras.ops` are used, so the same model trains under the
+TensorFlow and the JAX backend.
+
+The model owns its input contract: the first layer, `preprocess`, records the image size,
+channels, normalisation and evaluation crop, and normalises `[0, 1]` images itself. The input
+pipeline, evaluation and export read the contract from the model (`input_contract(model)`).
+
+Example:
+    >>> model = build_model("densenet_tiny", num_classes=1, image_size=32, weights="none")
+    >>> model.output_shape
+    (None, 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BN_EPSILON = 1.001e-5  # keras.applications' value: its ImageNet statistics assume it
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A DenseNet shape: layers per dense block, growth rate, stem filters."""
+
+    blocks: tuple[int, ...]
+    growth: int
+    stem: int
+    keras_app: str | None = None  # the keras.applications constructor with the same layers
+    bn_momentum: float = 0.99  # Keras' default; the tiny variant trains too few steps for it
+
+
+VARIANTS = {
+    "densenet121": Variant((6, 12, 24, 16), 32, 64, "DenseNet121"),
+    "densenet169": Variant((6, 12, 32, 32), 32, 64, "DenseNet169"),
+    "densenet201": Variant((6, 12, 48, 32), 32, 64, "DenseNet201"),
+    "densenet161": Variant((6, 12, 36, 24), 48, 96),
+    "densenet_tiny": Variant((2, 2, 2), 8, 16, bn_momentum=0.9),
+}
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What a model expects: square float images in [0, 1] of `image_size`, `channels`.
+
+    `mean`/`std` are applied inside the model; `crop_fraction` is the evaluation
+    resize-then-center-crop that the pipeline and the exported model apply before it.
+    """
+
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_fraction: float = 0.875
+
+
+@keras.saving.register_keras_serializable(package="cxr_tf")
+class Preprocess(layers.Layer):
+    """Normalises `[0, 1]` images with the contract's mean/std; carries the contract."""
+
+    def __init__(self, image_size, channels, mean, std, crop_fraction=0.875, **kwargs):
+        super().__init__(**kwargs)
+        self.contract = InputContract(
+            int(image_size), int(channels), tuple(mean), tuple(std), float(crop_fraction)
+        )
+
+    def call(self, x):
+        mean = ops.convert_to_tensor(self.contract.mean, dtype=x.dtype)
+        std = ops.convert_to_tensor(self.contract.std, dtype=x.dtype)
+        return (x - mean) / std
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(asdict(self.contract))
+        return config
+
+
+def input_contract(model: keras.Model) -> InputContract:
+    """The input contract a cxr_tf model carries in its `preprocess` layer."""
+    try:
+        return model.get_layer("preprocess").contract
+    except ValueError as err:
+        raise ValueError(
+            f"model {model.name!r} has no 'preprocess' layer: it was not built by cxr_tf.models"
+        ) from err
+
+
+def load_model(path) -> keras.Model:
+    """Load a `.keras` file saved by cxr_tf (this module registers its custom layers)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    return keras.models.load_model(path, compile=False)
+
+
+def _bn(name: str, momentum: float):
+    return layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, momentum=momentum, name=name)
+
+
+def apply_conv_block(x, growth: int, name: str, momentum: float = 0.99):
+    """BN-ReLU-Conv1x1(4k)-BN-ReLU-Conv3x3(k), concatenated to the input (one dense layer)."""
+    y = _bn(f"{name}_0_bn", momentum)(x)
+    y = layers.Activation("relu", name=f"{name}_0_relu")(y)
+    y = layers.Conv2D(4 * growth, 1, use_bias=False, name=f"{name}_1_conv")(y)
+    y = _bn(f"{name}_1_bn", momentum)(y)
+    y = layers.Activation("relu", name=f"{name}_1_relu")(y)
+    y = layers.Conv2D(growth, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
+    return layers.Concatenate(axis=-1, name=f"{name}_concat")([x, y])
+
+
+def apply_dense_block(x, num_layers: int, growth: int, name: str, momentum: float = 0.99):
+    """`num_layers` conv blocks, each adding `growth` channels."""
+    for i in range(num_layers):
+        x = apply_conv_block(x, growth, name=f"{name}_block{i + 1}", momentum=momentum)
+    return x
+
+
+def apply_transition_block(x, name: str, reduction: float = 0.5, momentum: float = 0.99):
+    """BN-ReLU-Conv1x1 halving the channels, then 2x2 average pooling."""
+    x = _bn(f"{name}_bn", momentum)(x)
+    x = layers.Activation("relu", name=f"{name}_relu")(x)
+    x = layers.Conv2D(int(x.shape[-1] * reduction), 1, use_bias=False, name=f"{name}_conv")(x)
+    return layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    image_size: int = 224,
+    channels: int = 3,
+    weights: str | None = "none",
+    activation: str = "sigmoid",
+    dropout: float = 0.0,
+    crop_fraction: float = 0.875,
+) -> keras.Model:
+    """A DenseNet classifier whose probabilities come out as float32 (also under mixed precision).
+
+    Args:
+      name: a key of `VARIANTS`.
+      num_classes: outputs; 1 for binary with sigmoid, 14 for nih14, 2 for softmax pneumonia.
+      image_size, channels: the input contract (channels 3 repeats grayscale for ImageNet).
+      weights: "imagenet" (121/169/201), "none", or a path to a weights file.
+      activation: "sigmoid" (binary and multi-label) or "softmax".
+      dropout: rate before the classifier.
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"model {name!r} is not one of {sorted(VARIANTS)}")
+    if activation not in ("sigmoid", "softmax"):
+        raise ValueError(f"activation {activation!r} is not 'sigmoid' or 'softmax'")
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: use 3 (ImageNet weights) or 1")
+    variant = VARIANTS[name]
+    momentum = variant.bn_momentum
+    mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
+    std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
+
+    inputs = keras.Input((image_size, image_size, channels), name="image")
+    x = Preprocess(image_size, channels, mean, std, crop_fraction, name="preprocess")(inputs)
+    x = layers.ZeroPadding2D(((3, 3), (3, 3)), name="zero_padding2d")(x)
+    x = layers.Conv2D(variant.stem, 7, strides=2, use_bias=False, name="conv1_conv")(x)
+    x = _bn("conv1_bn", momentum)(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    x = layers.ZeroPadding2D(((1, 1), (1, 1)), name="zero_padding2d_1")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    for i, num_layers in enumerate(variant.blocks):
+        x = apply_dense_block(x, num_layers, variant.growth, f"conv{i + 2}", momentum)
+        if i < len(variant.blocks) - 1:
+            x = apply_transition_block(x, name=f"pool{i + 2}", momentum=momentum)
+    x = _bn("bn", momentum)(x)
+    x = layers.Activation("relu", name="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation(activation, dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    load_weights(model, name, weights)
+    return model
+
+
+HEAD_LAYERS = ("head_dropout", "logits", "probabilities")
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The layers that stage 1 of fine-tuning freezes: all but the input, preprocess and head."""
+    return [
+        layer
+        for layer in model.layers
+        if layer.name not in HEAD_LAYERS + ("preprocess",)
+        and not isinstance(layer, layers.InputLayer)
+    ]
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freeze or unfreeze the backbone. Frozen BatchNorm layers run in inference mode (Keras 3),
+    so their ImageNet statistics are kept while the head trains."""
+    for layer in backbone_layers(model):
+        layer.trainable = trainable
+
+
+def load_weights(model: keras.Model, name: str, weights: str | None) -> None:
+    """Load `weights` ("imagenet", "none"/None, or a path) into a model built by `build_model`."""
+    if weights in (None, "none"):
+        return
+    if weights == "imagenet":
+        reference = _keras_application(name, "imagenet", model)
+        _copy_by_name(reference, model)
+        return
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file {str(weights)!r} does not exist; give an existing path, 'imagenet' "
+            "or 'none'"
+        )
+    if path.suffix == ".keras":
+        _copy_by_name(keras.models.load_model(path, compile=False), model)
+    elif path.name.endswith(".weights.h5"):
+        model.load_weights(path)
+    else:  # keras.applications' own .h5 files (e.g. DenseNet121 'notop' weights)
+        _copy_by_name(_keras_application(name, str(path), model), model)
+
+
+def _keras_application(name: str, weights: str, model: keras.Model) -> keras.Model:
+    app = VARIANTS[name].keras_app
+    if app is None:
+        raise ValueError(
+            f"Keras ships no ImageNet weights for {name}; use weights='none', a path to a "
+            "weights file, or densenet121/169/201"
+        )
+    size = model.input_shape[1]
+    try:
+        return getattr(keras.applications, app)(
+            include_top=False, weights=weights, input_shape=(size, size, 3)
+        )
+    except Exception as err:  # get_file raises a bare Exception on network failure
+        if weights != "imagenet":
+            raise
+        raise RuntimeError(
+            f"could not get the ImageNet weights of {name} ({type(err).__name__}: {err}). "
+            "Offline? Copy the Keras file '"
+            f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5' into ~/.keras/models/, or "
+            "pass its path as weights (--set model.weights=PATH), or train from scratch with "
+            "weights='none'."
+        ) from err
+
+
+def _copy_by_name(source: keras.Model, target: keras.Model) -> None:
+    """Copy weights layer by layer by name; a 1-channel first conv gets the RGB kernels summed."""
+    copied = 0
+    for layer in source.layers:
+        if not layer.weights:
+            continue
+        try:
+            mine = target.get_layer(layer.name)
+        except ValueError:
+            continue
+        values = layer.get_weights()
+        if layer.name == "conv1_conv" and mine.kernel.shape[2] == 1 and values[0].shape[2] == 3:
+            values = [values[0].sum(axis=2, keepdims=True)]
+        mine.set_weights(values)
+        copied += 1
+    if not copied:
+        raise ValueError(f"no layer of {source.name!r} matched a layer of {target.name!r} by name")

@@ -1,0 +1,345 @@
+"""The training run, top to bottom: data, model, stages of fit with callbacks, thresholds, export.
+
+Imported after `runtime.choose_backend` has fixed the Keras backend (the CLI, `cxr_tf.train`,
+does that). The run folder (`workdir`) holds everything a run makes, and running the same
+command again resumes an interrupted run at its last finished epoch:
+
+    config.yaml        the resolved config        runtime.json     backend, strategy, batches
+    history.csv        one row per epoch          tensorboard/     TensorBoard logs
+    best.keras         best model by the monitor  backup/          resume state (while running)
+    val_metrics.json   validation metrics         thresholds.json  per-class decision thresholds
+    saved_model/       the exported model         done.json        written last
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cxr_tf import config as config_lib
+from cxr_tf import input_pipeline, metrics, models
+from cxr_tf.losses import make_loss
+from cxr_tf.runtime import Runtime, default_precision, default_steps_per_execution
+
+
+class _ResumableCallbackState(keras.callbacks.Callback):
+    """Saves and restores what BackupAndRestore does not: the counters of EarlyStopping,
+    ReduceLROnPlateau and ModelCheckpoint, and EarlyStopping's best weights, so that a resumed
+    run takes the same decisions as an uninterrupted one."""
+
+    def __init__(self, folder: Path, early_stopping, reduce_lr, checkpoint):
+        super().__init__()
+        self.folder = folder
+        self.es, self.rlr, self.ckpt = early_stopping, reduce_lr, checkpoint
+
+    def on_train_begin(self, logs=None):
+        state_file = self.folder / "callbacks.json"
+        if not state_file.is_file():
+            return
+        state = json.loads(state_file.read_text())
+        self.es.wait, self.es.best, self.es.best_epoch = (
+            state["es_wait"],
+            state["es_best"],
+            state["es_best_epoch"],
+        )
+        self.rlr.wait, self.rlr.best = state["rlr_wait"], state["rlr_best"]
+        self.rlr.cooldown_counter = state["rlr_cooldown"]
+        self.ckpt.best = state["ckpt_best"]
+        best = self.folder / "es_best.npz"
+        if best.is_file():
+            with np.load(best) as f:
+                self.es.best_weights = [f[f"w{i}"] for i in range(len(f.files))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.es.wait == 0 and self.es.best_weights is not None:
+            tmp = self.folder / "es_best.tmp.npz"
+            np.savez(tmp, **{f"w{i}": w for i, w in enumerate(self.es.best_weights)})
+            os.replace(tmp, self.folder / "es_best.npz")
+        state = {
+            "es_wait": self.es.wait,
+            "es_best": _num(self.es.best),
+            "es_best_epoch": self.es.best_epoch,
+            "rlr_wait": self.rlr.wait,
+            "rlr_best": _num(self.rlr.best),
+            "rlr_cooldown": self.rlr.cooldown_counter,
+            "ckpt_best": _num(self.ckpt.best),
+        }
+        tmp = self.folder / "callbacks.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.folder / "callbacks.json")
+
+
+def _num(x):
+    return None if x is None else float(x)
+
+
+def monitor_mode(monitor: str) -> str:
+    """'max' for AUC/accuracy/precision/recall monitors, 'min' for losses."""
+    return "max" if any(k in monitor for k in ("auc", "acc", "precision", "recall")) else "min"
+
+
+def make_metrics(task: str, num_labels: int, activation: str) -> list:
+    """AUC (per label, averaged, for multi-label), accuracy, precision and recall."""
+    multi = task == "multilabel"
+    acc = (
+        keras.metrics.CategoricalAccuracy(name="accuracy")
+        if activation == "softmax"
+        else keras.metrics.BinaryAccuracy(name="accuracy")
+    )
+    return [
+        keras.metrics.AUC(name="auc", multi_label=multi, num_labels=num_labels if multi else None),
+        acc,
+        keras.metrics.Precision(name="precision"),
+        keras.metrics.Recall(name="recall"),
+    ]
+
+
+def _dataset(runtime: Runtime, data_dir, cfg, split: str, training: bool, **kw):
+    """A dataset for `fit`, distributed the way the runtime needs it."""
+
+    def fn(ctx):
+        return input_pipeline.make_dataset(
+            data_dir,
+            split,
+            global_batch_size=runtime.global_batch,
+            image_size=cfg.image_size,
+            training=training,
+            augment=cfg.augment,
+            balance=cfg.balance if training else "none",
+            seed=cfg.seed,
+            input_context=ctx,
+            channels=cfg.channels,
+            label_mode="categorical" if cfg.activation == "softmax" else None,
+            dataset=cfg.dataset,
+            oversample_ratio=cfg.oversample_ratio,
+            cache=cfg.cache,
+            **kw,
+        )
+
+    if runtime.tf_strategy is not None and runtime.num_replicas > 1:
+        return runtime.tf_strategy.distribute_datasets_from_function(fn)
+    if runtime.backend == "jax" and runtime.num_processes > 1:
+        import jax
+        import tensorflow as tf
+
+        ctx = tf.distribute.InputContext(
+            num_input_pipelines=jax.process_count(),
+            input_pipeline_id=jax.process_index(),
+            num_replicas_in_sync=jax.process_count(),
+        )
+        return fn(ctx)
+    return fn(None)
+
+
+def _check_workdir(workdir: Path, cfg) -> bool:
+    """True if `workdir` already holds this finished run; raises if it holds another run."""
+    saved = workdir / "config.yaml"
+    if saved.is_file():
+        previous = config_lib.load(saved).to_dict()
+        diff = sorted(k for k, v in cfg.to_dict().items() if previous.get(k) != v)
+        if diff:
+            raise ValueError(
+                f"{workdir} holds a run with another config (differs in {diff}); resume it with "
+                "the same config, or pick a new --workdir"
+            )
+    return (workdir / "done.json").is_file()
+
+
+def _resume_epoch(backup: Path) -> int:
+    meta = backup / "training_metadata.json"
+    return json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
+
+
+def train(
+    cfg: config_lib.Config,
+    data_dir,
+    workdir,
+    runtime: Runtime,
+    *,
+    extra_callbacks=(),
+    verbose: int | str = "auto",
+) -> dict:
+    """Train `cfg` on `data_dir` into `workdir`; returns the run's summary (also in done.json).
+
+    Raises ValueError for a config that does not fit the data, FileNotFoundError for a missing
+    or incomplete data folder.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if _check_workdir(workdir, cfg):
+        print(f"{workdir} holds a finished run; nothing to do (use a new --workdir to retrain)")
+        return json.loads((workdir / "done.json").read_text())
+
+    # ---- input
+    info = input_pipeline.read_info(data_dir, cfg.dataset)
+    if info.name != cfg.dataset:
+        raise ValueError(f"--data holds {info.name}, but the config trains dataset={cfg.dataset}")
+    if cfg.activation == "softmax" and info.task == "multilabel":
+        raise ValueError("activation softmax does not fit multi-label nih14; use sigmoid + bce")
+    num_outputs = (
+        len(info.label_names) if (info.task == "multilabel" or cfg.activation == "softmax") else 1
+    )
+    print(f"cxr_tf.train: {runtime.describe()}")
+    steps = cfg.steps_per_epoch or input_pipeline.steps_per_epoch(
+        info, "train", runtime.global_batch
+    )
+
+    # ---- model
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = default_precision(runtime)
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(cfg.seed)
+    with runtime.scope():
+        model = models.build_model(
+            cfg.model,
+            num_classes=num_outputs,
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            weights=cfg.weights,
+            activation=cfg.activation,
+            dropout=cfg.dropout,
+        )
+    # Written once the config has proved buildable, so a typo never claims the run folder.
+    config_lib.save(cfg, workdir / "config.yaml")
+    (workdir / "runtime.json").write_text(runtime.to_json())
+    pos_weight = input_pipeline.positive_weights(info) if cfg.loss == "weighted_bce" else None
+    steps_per_execution = cfg.steps_per_execution or default_steps_per_execution(runtime)
+
+    # ---- stages of fit
+    mode = monitor_mode(cfg.monitor)
+    best_path = workdir / "best.keras"
+    best_value = None
+    start_epoch = 0
+    val_ds = _dataset(runtime, data_dir, cfg, "validation", training=False)
+    for k, stage in enumerate(cfg.stages):
+        end_epoch = start_epoch + int(stage["epochs"])
+        stage_end = workdir / f"stage{k + 1}_end.weights.h5"
+        stage_dir = workdir / "backup" / f"stage{k + 1}"
+        if stage_end.is_file():  # finished before an interruption: skip to its end state
+            state = json.loads((stage_dir.parent / f"stage{k + 1}.json").read_text())
+            best_value = state["best"]
+            model.load_weights(stage_end)
+            start_epoch = end_epoch
+            continue
+        models.set_backbone_trainable(model, bool(stage.get("train_backbone", True)))
+        with runtime.scope():
+            optimizer = (
+                keras.optimizers.Adam(float(stage["learning_rate"]))
+                if cfg.optimizer == "adam"
+                else keras.optimizers.SGD(float(stage["learning_rate"]), momentum=0.9)
+            )
+            model.compile(
+                optimizer=optimizer,
+                loss=make_loss(cfg.loss, pos_weight),
+                # weighted: evaluation pads its last batch with weight-0 examples, which plain
+                # `metrics` would count (Keras applies sample weights to weighted_metrics only).
+                weighted_metrics=make_metrics(info.task, num_outputs, cfg.activation),
+                steps_per_execution=steps_per_execution,
+            )
+        resume_at = max(_resume_epoch(stage_dir), start_epoch)
+        train_ds = _dataset(
+            runtime,
+            data_dir,
+            cfg,
+            "train",
+            training=True,
+            skip_batches=(resume_at - start_epoch) * steps,
+        )
+        early = keras.callbacks.EarlyStopping(
+            monitor=cfg.monitor,
+            mode=mode,
+            patience=cfg.early_stopping_patience,
+            restore_best_weights=True,
+        )
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(
+            monitor=cfg.monitor,
+            mode=mode,
+            factor=cfg.reduce_lr_factor,
+            patience=cfg.reduce_lr_patience,
+            min_lr=cfg.min_learning_rate,
+        )
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            str(best_path),
+            monitor=cfg.monitor,
+            mode=mode,
+            save_best_only=True,
+            initial_value_threshold=best_value,
+        )
+        callbacks = [
+            keras.callbacks.TerminateOnNaN(),
+            checkpoint,
+            early,
+            reduce_lr,
+            keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
+            keras.callbacks.TensorBoard(str(workdir / "tensorboard")),
+            keras.callbacks.BackupAndRestore(str(stage_dir)),
+            _ResumableCallbackState(stage_dir, early, reduce_lr, checkpoint),
+            *extra_callbacks,
+        ]
+        with warnings.catch_warnings():
+            # The finite evaluation pass ending is expected, not a data shortage.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            model.fit(
+                train_ds,
+                shuffle=False,  # the pipeline shuffles
+                epochs=end_epoch,
+                initial_epoch=start_epoch,
+                steps_per_epoch=steps,
+                validation_data=val_ds,
+                # No validation_steps: the padded evaluation pass is finite and exact, and without
+                # steps Keras starts a fresh iterator each epoch (with steps it keeps one, from
+                # which its distributed symbolic build has already taken a batch).
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+        best_value = _num(checkpoint.best)
+        model.save_weights(stage_end)
+        (stage_dir.parent / f"stage{k + 1}.json").write_text(json.dumps({"best": best_value}))
+        start_epoch = end_epoch
+
+    # ---- thresholds, validation metrics, export
+    if best_path.is_file():
+        model.load_weights(best_path)
+    probs, labels = metrics.predict_split(
+        model, data_dir, "validation", cfg.dataset, batch_size=runtime.global_batch
+    )
+    thresholds = metrics.choose_thresholds(probs, labels)
+    label_names = info.label_names if num_outputs > 1 else [info.label_names[1]]
+    metrics.save_thresholds(workdir / "thresholds.json", label_names, thresholds, "validation")
+    val_metrics = metrics.summarize(probs, labels, thresholds, label_names)
+    (workdir / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2))
+    export_dir = _export(model, workdir)
+    summary = {
+        "workdir": str(workdir),
+        "best_model": str(best_path),
+        "monitor": cfg.monitor,
+        "best": best_value,
+        "val_auroc_mean": val_metrics["macro"]["auroc"],
+        "saved_model": export_dir,
+        "runtime": json.loads(runtime.to_json()),
+    }
+    (workdir / "done.json").write_text(json.dumps(summary, indent=2))
+    # Resume state is only needed until done.json exists.
+    shutil.rmtree(workdir / "backup", ignore_errors=True)
+    for stage_end in workdir.glob("stage*_end.weights.h5"):
+        stage_end.unlink()
+    return summary
+
+
+def _export(model, workdir: Path) -> str | None:
+    """Keras' default SavedModel export (the evaluation/export stage adds an image-bytes one)."""
+    out = workdir / "saved_model"
+    try:
+        model.export(str(out), format="tf_saved_model", verbose=False)
+    except Exception as err:  # e.g. the JAX backend without TensorFlow installed
+        print(f"warning: SavedModel export skipped ({type(err).__name__}: {err})")
+        return None
+    return str(out)

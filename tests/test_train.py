@@ -1,0 +1,195 @@
+"""cxr_tf.train: the demo config learns the synthetic data on one CPU, under MirroredStrategy
+over two logical CPUs and under the JAX backend over two host devices; resuming; bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from cxr_tf import metrics, models
+from cxr_tf.train import main, run
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "training" / "demo.yaml"
+
+
+def _test_auroc(workdir, data):
+    model = models.load_model(Path(workdir) / "best.keras")
+    probs, labels = metrics.predict_split(model, data, "test")
+    return metrics.summarize(probs, labels, [0.5] * probs.shape[1], ["p"] * probs.shape[1])[
+        "macro"
+    ]["auroc"]
+
+
+def _run_files_ok(workdir):
+    for name in (
+        "config.yaml",
+        "runtime.json",
+        "history.csv",
+        "best.keras",
+        "done.json",
+        "val_metrics.json",
+        "thresholds.json",
+    ):
+        assert (workdir / name).is_file(), name
+    assert (workdir / "saved_model" / "saved_model.pb").is_file()
+    assert list((workdir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not (workdir / "backup").exists()
+    thresholds = json.loads((workdir / "thresholds.json").read_text())
+    assert thresholds["source"] == "validation" and len(thresholds["thresholds"]) == 1
+
+
+@pytest.mark.slow
+def test_demo_config_learns_on_one_cpu(pneumonia_data, tmp_path):
+    summary = run(DEMO, data=pneumonia_data, workdir=tmp_path / "run", strategy="cpu", verbose=0)
+    _run_files_ok(tmp_path / "run")
+    assert summary["runtime"]["num_replicas"] == 1
+    assert _test_auroc(tmp_path / "run", pneumonia_data) >= 0.9
+
+
+@pytest.mark.slow
+def test_demo_config_learns_under_mirrored_strategy(pneumonia_data, tmp_path):
+    summary = run(
+        DEMO, data=pneumonia_data, workdir=tmp_path / "run", strategy="mirrored", verbose=0
+    )
+    rt = json.loads((tmp_path / "run" / "runtime.json").read_text())
+    assert rt["strategy"] == "mirrored" and rt["num_replicas"] == 2
+    assert rt["global_batch"] == 2 * rt["per_replica_batch"]
+    assert summary["val_auroc_mean"] >= 0.8
+    assert _test_auroc(tmp_path / "run", pneumonia_data) >= 0.9
+
+
+@pytest.mark.slow
+def test_demo_config_learns_under_jax_with_two_devices(pneumonia_data, tmp_path):
+    env = dict(
+        os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxr_tf.train",
+        "--config",
+        str(DEMO),
+        "--data",
+        str(pneumonia_data),
+        "--workdir",
+        str(tmp_path / "run"),
+        "--backend",
+        "jax",
+        "--strategy",
+        "mirrored",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "backend jax, strategy mirrored, 2 x CPU" in proc.stdout
+    rt = json.loads((tmp_path / "run" / "runtime.json").read_text())
+    assert rt["backend"] == "jax" and rt["num_replicas"] == 2
+    # a model trained under JAX loads and predicts under TensorFlow
+    assert _test_auroc(tmp_path / "run", pneumonia_data) >= 0.9
+
+
+class _Preempt(keras.callbacks.Callback):
+    """Stops the process after an epoch, as a preempted TPU VM would."""
+
+    def __init__(self, after_epoch):
+        super().__init__()
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after_epoch:
+            raise KeyboardInterrupt
+
+
+SHORT = ["stages=[{epochs: 3, learning_rate: 0.003}]", "early_stopping_patience=10"]
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_at_epoch_two_and_ends_the_same(pneumonia_data, tmp_path):
+    kw = dict(data=pneumonia_data, strategy="cpu", overrides=SHORT, verbose=0)
+    run(DEMO, workdir=tmp_path / "straight", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        run(DEMO, workdir=tmp_path / "resumed", extra_callbacks=[_Preempt(0)], **kw)
+    assert (tmp_path / "resumed" / "backup").is_dir()
+    assert not (tmp_path / "resumed" / "done.json").exists()
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    run(DEMO, workdir=tmp_path / "resumed", extra_callbacks=[Record()], **kw)
+    assert seen == [1, 2], "the second run must start at epoch 2 (index 1)"
+    rows = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows if not r.startswith("epoch")] == ["0", "1", "2"]
+    a = models.load_model(tmp_path / "straight" / "best.keras")
+    b = models.load_model(tmp_path / "resumed" / "best.keras")
+    for wa, wb in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), rtol=1e-4, atol=1e-5)
+    straight = [
+        r.split(",")[:5] for r in (tmp_path / "straight" / "history.csv").read_text().splitlines()
+    ]
+    resumed = [r.split(",")[:5] for r in rows]
+    np.testing.assert_allclose(
+        np.array(straight[1:], float), np.array(resumed[1:], float), rtol=1e-4
+    )
+    # a finished run is not trained again
+    assert run(DEMO, workdir=tmp_path / "resumed", **kw)["workdir"] == str(tmp_path / "resumed")
+
+
+@pytest.mark.slow
+def test_stage_one_leaves_the_backbone_unchanged(pneumonia_data, tmp_path):
+    snapshots = {}
+
+    class Snap(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            snapshots["begin"] = [np.array(w) for w in self.model.weights]
+
+        def on_train_end(self, logs=None):
+            snapshots["end"] = [np.array(w) for w in self.model.weights]
+            snapshots["names"] = [w.path for w in self.model.weights]
+
+    overrides = ["stages=[{epochs: 1, learning_rate: 0.01, train_backbone: false}]"]
+    run(
+        DEMO,
+        data=pneumonia_data,
+        workdir=tmp_path / "run",
+        strategy="cpu",
+        overrides=overrides,
+        extra_callbacks=[Snap()],
+        verbose=0,
+    )
+    changed = {
+        name.split("/")[0]
+        for name, a, b in zip(snapshots["names"], snapshots["begin"], snapshots["end"], strict=True)
+        if not np.array_equal(a, b) and not name.startswith(("adam", "optimizer"))
+    }
+    # only the head learns; BatchNorm moving statistics stay put (inference mode)
+    assert changed == {"logits"}, changed
+
+
+def test_bad_input_is_named(pneumonia_data, tmp_path, capsys):
+    def err(*args):
+        assert main(["--config", str(DEMO), "--workdir", str(tmp_path / "w"), *args]) == 2
+        return capsys.readouterr().err
+
+    assert "unknown config keys ['lerning_rate']" in err(
+        "--data", str(pneumonia_data), "--set", "lerning_rate=0.1"
+    )
+    assert "model 'densenet100' is not one of" in err(
+        "--data", str(pneumonia_data), "--set", "model=densenet100"
+    )
+    assert "no converted dataset" in err("--data", str(tmp_path / "nothing"))
+    assert "--strategy tpu, but no TPU is reachable" in err(
+        "--data", str(pneumonia_data), "--strategy", "tpu"
+    )
+    assert "config balance='smote' is not one of" in err(
+        "--data", str(pneumonia_data), "--set", "balance=smote"
+    )
+    assert "nih14" in err("--data", str(pneumonia_data), "--set", "dataset=nih14")
+    missing = tmp_path / "missing.yaml"
+    assert "does not exist" in err("--config", str(missing), "--data", str(pneumonia_data))
