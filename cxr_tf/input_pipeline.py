@@ -269,6 +269,7 @@ def make_dataset(
     cache: bool | None = None,
     crop_fraction: float = 0.875,
     skip_batches: int = 0,
+    with_ids: bool = False,
 ) -> tf.data.Dataset:
     """Batches of `(images, labels[, weights])` from a converted dataset; see the module doc.
 
@@ -291,12 +292,16 @@ def make_dataset(
       crop_fraction: evaluation resize-then-center-crop fraction.
       skip_batches: training only: start the stream this many steps in (a resumed run then sees
         the batches an uninterrupted one would, without augmenting the skipped ones).
+      with_ids: evaluation only: batches gain `image_id` and `patient_id` strings ("" on padding),
+        for per-image reports and patient-level bootstrap.
     """
     info = read_info(data_dir, dataset)
     if split not in info.splits:
         raise ValueError(
             f"split {split!r} is not one of {sorted(info.splits)} in {info.dataset_dir}"
         )
+    if with_ids and training:
+        raise ValueError("with_ids is for evaluation passes (training=False) only")
     if balance not in BALANCE_MODES:
         raise ValueError(f"balance {balance!r} is not one of {BALANCE_MODES}")
     if channels not in (1, 3):
@@ -342,6 +347,9 @@ def make_dataset(
     # 3. Parse only the image and the label; 4. decode once, before the cache.
     label_key = info.label_key
     spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+    if with_ids:
+        spec["image_id"] = tf.io.FixedLenFeature([], tf.string)
+        spec["patient_id"] = tf.io.FixedLenFeature([], tf.string)
     if info.task == "multilabel":
         spec[label_key] = tf.io.FixedLenFeature([num_classes], tf.int64)
     else:
@@ -351,6 +359,8 @@ def make_dataset(
         ex = tf.io.parse_single_example(record, spec)
         # Stored images are 1-channel uint8 (the converter wrote them): no conversion needed.
         image = tf.io.decode_image(ex["image"], channels=1, expand_animations=False)
+        if with_ids:
+            return image, ex[label_key], ex["image_id"], ex["patient_id"]
         return image, ex[label_key]
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
@@ -385,6 +395,7 @@ def make_dataset(
                 to_label,
                 num_classes,
                 label_mode,
+                with_ids,
             ),
             deterministic=True,
         )
@@ -451,6 +462,7 @@ def _eval_tail(
     to_label,
     num_classes,
     label_mode,
+    with_ids,
 ):
     """Evaluation: deterministic transform, weight 1, then weight-0 padding up to a number of
     full batches that is the same on every pipeline."""
@@ -458,11 +470,11 @@ def _eval_tail(
     steps = max(1, math.ceil(max(counts) / step_examples))
     pad = steps * step_examples - counts[pipeline_id]
 
-    def eval_map(image, label):
+    def eval_map(image, label, *ids):
         image = eval_transform(image, image_size, crop_fraction)
         if channels == 3:
             image = tf.repeat(image, 3, axis=-1)
-        return image, to_label(label), tf.constant(1.0)
+        return (image, to_label(label), tf.constant(1.0), *ids)
 
     ds = ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE)
     label_shape = [num_classes] if label_mode in ("multilabel", "categorical") else [1]
@@ -470,7 +482,7 @@ def _eval_tail(
         tf.zeros([image_size, image_size, channels]),
         tf.zeros(label_shape),
         tf.constant(0.0),
-    )
+    ) + ((tf.constant(""), tf.constant("")) if with_ids else ())
     ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(pad))
     return ds.batch(batch, drop_remainder=True)
 

@@ -7,14 +7,25 @@ evaluation, so both compute the same numbers the same way.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
 
 
+@dataclass
+class Predictions:
+    """A model's outputs over a split, row-aligned with the labels and ids."""
+
+    probs: np.ndarray  # (N, C) float32
+    labels: np.ndarray  # (N, C) float32
+    image_ids: list[str]
+    patient_ids: list[str]
+
+
 def predict_split(model, data_dir, split: str, dataset: str | None = None, *, batch_size=32):
-    """(probabilities, labels) for every example of `split`, in file order, padding removed.
+    """Predictions for every example of `split`, in pipeline order, padding removed.
 
     The evaluation transform and image size come from the model's input contract.
     """
@@ -35,9 +46,10 @@ def predict_split(model, data_dir, split: str, dataset: str | None = None, *, ba
         crop_fraction=contract.crop_fraction,
         label_mode=label_mode,
         dataset=dataset,
+        with_ids=True,
     )
-    probs, labels = [], []
-    for images, y, w in ds.as_numpy_iterator():
+    probs, labels, image_ids, patient_ids = [], [], [], []
+    for images, y, w, iid, pid in ds.as_numpy_iterator():
         keep = w > 0
         if not keep.any():
             continue
@@ -46,7 +58,9 @@ def predict_split(model, data_dir, split: str, dataset: str | None = None, *, ba
         p = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)), np.float32)
         probs.append(p[keep])
         labels.append(y[keep])
-    return np.concatenate(probs), np.concatenate(labels)
+        image_ids += [x.decode() for x in iid[keep]]
+        patient_ids += [x.decode() for x in pid[keep]]
+    return Predictions(np.concatenate(probs), np.concatenate(labels), image_ids, patient_ids)
 
 
 def choose_thresholds(probs: np.ndarray, labels: np.ndarray) -> list[float]:

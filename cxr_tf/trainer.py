@@ -308,15 +308,18 @@ def train(
     # ---- thresholds, validation metrics, export
     if best_path.is_file():
         model.load_weights(best_path)
-    probs, labels = metrics.predict_split(
+    else:  # no epoch improved on the monitor's start value: keep the last weights
+        model.save(best_path)
+    preds = metrics.predict_split(
         model, data_dir, "validation", cfg.dataset, batch_size=runtime.global_batch
     )
+    probs, labels = preds.probs, preds.labels
     thresholds = metrics.choose_thresholds(probs, labels)
     label_names = info.label_names if num_outputs > 1 else [info.label_names[1]]
     metrics.save_thresholds(workdir / "thresholds.json", label_names, thresholds, "validation")
     val_metrics = metrics.summarize(probs, labels, thresholds, label_names)
     (workdir / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2))
-    export_dir = _export(model, workdir)
+    export_dir = _export(best_path, workdir)
     summary = {
         "workdir": str(workdir),
         "best_model": str(best_path),
@@ -334,12 +337,19 @@ def train(
     return summary
 
 
-def _export(model, workdir: Path) -> str | None:
-    """Keras' default SavedModel export (the evaluation/export stage adds an image-bytes one)."""
-    out = workdir / "saved_model"
+def _export(best_path: Path, workdir: Path) -> str | None:
+    """The evaluation/export stage's SavedModel (image bytes in), from the best model."""
+    from cxr_tf.export import export_model
+
     try:
-        model.export(str(out), format="tf_saved_model", verbose=False)
-    except Exception as err:  # e.g. the JAX backend without TensorFlow installed
-        print(f"warning: SavedModel export skipped ({type(err).__name__}: {err})")
+        return str(
+            export_model(
+                best_path, workdir / "saved_model", thresholds_file=workdir / "thresholds.json"
+            )
+        )
+    except Exception as err:  # training results stay usable; export can be re-run by hand
+        print(
+            f"warning: SavedModel export failed ({type(err).__name__}: {err}); run "
+            f"`python -m cxr_tf.export --model {best_path} --out {workdir / 'saved_model'}`"
+        )
         return None
-    return str(out)

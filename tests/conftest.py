@@ -52,3 +52,17 @@ def nih14_data(tmp_path_factory):
         progress=False,
     )
     return root / "tfrecords"
+
+
+@pytest.fixture(scope="session")
+def trained_run(pneumonia_data, tmp_path_factory):
+    """training/demo.yaml trained once on `pneumonia_data` (CPU): a run folder to evaluate,
+    export and predict with."""
+    from pathlib import Path
+
+    from cxr_tf.train import run
+
+    workdir = tmp_path_factory.mktemp("run") / "demo"
+    demo = Path(__file__).resolve().parents[1] / "training" / "demo.yaml"
+    run(demo, data=pneumonia_data, workdir=workdir, strategy="cpu", verbose=0)
+    return workdir

@@ -20,7 +20,8 @@ DEMO = ROOT / "training" / "demo.yaml"
 
 def _test_auroc(workdir, data):
     model = models.load_model(Path(workdir) / "best.keras")
-    probs, labels = metrics.predict_split(model, data, "test")
+    preds = metrics.predict_split(model, data, "test")
+    probs, labels = preds.probs, preds.labels
     return metrics.summarize(probs, labels, [0.5] * probs.shape[1], ["p"] * probs.shape[1])[
         "macro"
     ]["auroc"]

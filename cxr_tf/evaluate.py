@@ -1,0 +1,219 @@
+"""Evaluation of a trained model on a split: metrics.json with confidence intervals, and plots.
+
+    python -m cxr_tf.evaluate --model runs/demo --data demo_out/tfrecords [--split test]
+        [--out DIR] [--thresholds FILE] [--bootstrap 1000]
+
+`--model` is a `.keras` file or a run folder (its `best.keras`). Every example of the split is
+predicted exactly once. Thresholds come from `--thresholds`, else the run folder's
+`thresholds.json` (chosen on the validation split during training), else 0.5; metrics.json
+says which. AUROC 95% intervals are bootstrapped over patients, not images, since one
+patient's images are not independent. Plots: roc.png, pr.png, confusion.png (single-label),
+gallery.png, distributions.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cxr_tf import metrics
+
+
+def resolve_model(path) -> Path:
+    """A `.keras` file, or the `best.keras` of a run folder."""
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / "best.keras").is_file():
+        return path / "best.keras"
+    if path.is_file() and path.suffix == ".keras":
+        return path
+    raise FileNotFoundError(f"--model {str(path)!r} is neither a .keras file nor a run folder")
+
+
+def fast_auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """AUROC by the rank-sum (Mann-Whitney) formula, ties averaged; NaN with one class only."""
+    y = y.astype(bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p), np.float64)
+    sorted_p = p[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def bootstrap_auroc(labels, probs, patient_ids, *, n=1000, seed=0, level=0.95):
+    """Per class (low, high) percentile intervals of AUROC, resampling whole patients.
+
+    A resample with only one class present for a label is skipped for that label.
+    """
+    rng = np.random.default_rng(seed)
+    patients, inverse = np.unique(np.asarray(patient_ids), return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == i) for i in range(len(patients))]
+    samples = [[] for _ in range(probs.shape[1])]
+    for _ in range(n):
+        picked = rng.integers(0, len(patients), len(patients))
+        idx = np.concatenate([rows_of[i] for i in picked])
+        for j in range(probs.shape[1]):
+            a = fast_auroc(labels[idx, j] > 0.5, probs[idx, j])
+            if not np.isnan(a):
+                samples[j].append(a)
+    tail = (1 - level) / 2 * 100
+    return [
+        (float(np.percentile(s, tail)), float(np.percentile(s, 100 - tail))) if s else (None, None)
+        for s in samples
+    ]
+
+
+def evaluate(
+    model_path,
+    data_dir,
+    *,
+    split: str = "test",
+    out_dir=None,
+    thresholds_file=None,
+    dataset: str | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    gallery: int = 16,
+) -> dict:
+    """Predict `split` once, write metrics.json and the plots into `out_dir`; returns metrics."""
+    from cxr_tf.export import find_thresholds, label_info
+    from cxr_tf.input_pipeline import read_info
+    from cxr_tf.models import load_model
+
+    model_path = resolve_model(model_path)
+    out_dir = Path(out_dir) if out_dir else model_path.parent / f"eval_{split}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = read_info(data_dir, dataset)
+    model = load_model(model_path)
+    preds = metrics.predict_split(model, data_dir, split, info.name)
+    thresholds_file = thresholds_file or find_thresholds(model_path)
+    names, thresholds, source = label_info(preds.probs.shape[1], thresholds_file)
+    if names[0].startswith("class_"):  # no thresholds file: name the outputs from the data
+        names = info.label_names if preds.probs.shape[1] > 1 else [info.label_names[1]]
+    result = metrics.summarize(preds.probs, preds.labels, thresholds, names)
+    intervals = bootstrap_auroc(
+        preds.labels, preds.probs, preds.patient_ids, n=bootstrap, seed=seed
+    )
+    for name, ci in zip(names, intervals, strict=True):
+        result["classes"][name]["auroc_ci95"] = list(ci)
+    result.update(
+        split=split,
+        dataset=info.name,
+        model=str(model_path),
+        thresholds_source=source,
+        bootstrap={
+            "resamples": bootstrap,
+            "unit": "patient",
+            "patients": len(set(preds.patient_ids)),
+        },
+    )
+    if info.task == "binary":
+        result["confusion_matrix"] = _confusion(preds, thresholds, info.label_names)
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    plot_names = info.label_names if info.task == "binary" else names
+    _plots(
+        preds, names, thresholds, result, out_dir, model, data_dir, split, info, gallery, plot_names
+    )
+    result["out_dir"] = str(out_dir)
+    return result
+
+
+def _confusion(preds, thresholds, class_names) -> dict:
+    """Rows: true class, columns: predicted class (single-label tasks)."""
+    if preds.probs.shape[1] == 2:
+        truth, guess = preds.labels.argmax(1), preds.probs.argmax(1)
+    else:
+        truth = (preds.labels[:, 0] > 0.5).astype(int)
+        guess = (preds.probs[:, 0] >= thresholds[0]).astype(int)
+    matrix = np.zeros((2, 2), int)
+    np.add.at(matrix, (truth, guess), 1)
+    return {"labels": list(class_names), "matrix": matrix.tolist()}
+
+
+def _plots(
+    preds, names, thresholds, result, out_dir, model, data_dir, split, info, gallery, class_names
+):
+    from cxr_tf import plots
+
+    plots.roc_curves(preds.labels, preds.probs, names, result, out_dir / "roc.png")
+    plots.pr_curves(preds.labels, preds.probs, names, result, out_dir / "pr.png")
+    plots.distributions(preds.labels, preds.probs, names, thresholds, out_dir / "distributions.png")
+    if "confusion_matrix" in result:
+        plots.confusion(result["confusion_matrix"], out_dir / "confusion.png")
+    if gallery:
+        plots.gallery(
+            model,
+            data_dir,
+            split,
+            info,
+            preds,
+            names,
+            thresholds,
+            out_dir / "gallery.png",
+            count=gallery,
+        )
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m cxr_tf.evaluate", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--model", required=True, help=".keras file or run folder")
+    p.add_argument("--data", required=True, help="the converter's --out folder")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--out", default=None, help="default: <run folder>/eval_<split>")
+    p.add_argument("--thresholds", default=None, help="default: the run folder's thresholds.json")
+    p.add_argument("--dataset", default=None, help="pneumonia or nih14 when --data holds both")
+    p.add_argument("--bootstrap", type=int, default=1000, help="patient resamples for the CIs")
+    args = p.parse_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        r = evaluate(
+            args.model,
+            args.data,
+            split=args.split,
+            out_dir=args.out,
+            thresholds_file=args.thresholds,
+            dataset=args.dataset,
+            bootstrap=args.bootstrap,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(r))
+    return 0
+
+
+def format_summary(r: dict) -> str:
+    """A short table of the headline numbers."""
+    lines = [f"{r['dataset']} {r['split']}: {r['n']} images, thresholds: {r['thresholds_source']}"]
+    lines.append(f"  {'class':<20} {'AUROC':>6}  {'95% CI':>13}  {'sens':>5} {'spec':>5} {'F1':>5}")
+    for name, c in r["classes"].items():
+        lo, hi = c["auroc_ci95"]
+        ci = f"{lo:.3f}-{hi:.3f}" if lo is not None else "n/a"
+        lines.append(
+            f"  {name:<20} {_f(c['auroc']):>6}  {ci:>13}  {_f(c['sensitivity']):>5} "
+            f"{_f(c['specificity']):>5} {_f(c['f1']):>5}"
+        )
+    lines.append(f"  mean AUROC {_f(r['macro']['auroc'])}, accuracy {r['accuracy']:.3f}")
+    lines.append(f"  metrics and plots in {r['out_dir']}")
+    return "\n".join(lines)
+
+
+def _f(x):
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""SavedModel export whose serving signature takes image files' bytes.
+
+    python -m cxr_tf.export --model runs/demo/best.keras --out exported/ [--thresholds FILE]
+
+`serving_default` takes a batch of encoded images (`tf.string`: JPEG or PNG of any size,
+grayscale or colour) and returns `probabilities` (float32 `[N, C]`), plus `label_names` and
+`thresholds` (`[C]`), so a consumer needs nothing else. Inside, each image goes through the
+evaluation transform read from the model's input contract: the same function the input
+pipeline applies, so serving and evaluation agree. The `.keras` model travels as an asset too
+(`assets/model.keras`), for Grad-CAM from an exported folder.
+
+Export always runs under the TensorFlow backend; a model trained under JAX is exported by
+loading its `.keras` file (the weights are backend-independent) in a TensorFlow process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+MODEL_ASSET = "model.keras"
+LABELS_ASSET = "labels.json"
+
+
+def find_thresholds(model_path) -> Path | None:
+    """thresholds.json of the run folder that holds `model_path`, if there is one."""
+    candidate = Path(model_path).expanduser().parent / "thresholds.json"
+    return candidate if candidate.is_file() else None
+
+
+def label_info(num_outputs: int, thresholds_file=None) -> tuple[list[str], list[float], str]:
+    """(label names, thresholds, source) from a thresholds.json, else generic names and 0.5."""
+    from cxr_tf.metrics import load_thresholds
+
+    if thresholds_file:
+        data = load_thresholds(thresholds_file)
+        if len(data["thresholds"]) != num_outputs:
+            raise ValueError(
+                f"{thresholds_file} has {len(data['thresholds'])} thresholds, but the model has "
+                f"{num_outputs} outputs; give the thresholds.json of the same run"
+            )
+        return data["label_names"], data["thresholds"], str(thresholds_file)
+    return [f"class_{i}" for i in range(num_outputs)], [0.5] * num_outputs, "default 0.5"
+
+
+def export_model(model_path, out_dir, *, thresholds_file=None) -> Path:
+    """Write the SavedModel for the `.keras` file `model_path` into `out_dir`; returns it.
+
+    Runs in this process under the TensorFlow backend, else in a TensorFlow subprocess.
+    """
+    import keras
+
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    thresholds_file = thresholds_file or find_thresholds(model_path)
+    if keras.backend.backend() != "tensorflow":
+        cmd = [
+            sys.executable,
+            "-m",
+            "cxr_tf.export",
+            "--model",
+            str(model_path),
+            "--out",
+            str(out_dir),
+        ]
+        if thresholds_file:
+            cmd += ["--thresholds", str(thresholds_file)]
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"export in a TensorFlow process failed:\n{proc.stderr[-2000:]}")
+        return out_dir
+    from cxr_tf.models import load_model
+
+    return _export_tf(load_model(model_path), model_path, out_dir, thresholds_file)
+
+
+def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
+    import keras
+    import tensorflow as tf
+
+    from cxr_tf.input_pipeline import decode, eval_transform
+    from cxr_tf.models import input_contract
+
+    contract = input_contract(model)
+    names, thresholds, source = label_info(model.output_shape[-1], thresholds_file)
+    label_names = tf.constant(names)
+    threshold_values = tf.constant(thresholds, tf.float32)
+
+    def preprocess(encoded):
+        image = eval_transform(decode(encoded), contract.image_size, contract.crop_fraction)
+        return tf.repeat(image, contract.channels, axis=-1) if contract.channels == 3 else image
+
+    def serve(images):
+        batch = tf.map_fn(
+            preprocess,
+            images,
+            fn_output_signature=tf.TensorSpec(
+                [contract.image_size, contract.image_size, contract.channels], tf.float32
+            ),
+        )
+        probs = tf.cast(model(batch, training=False), tf.float32)
+        return {
+            "probabilities": probs,
+            "label_names": label_names,
+            "thresholds": threshold_values,
+        }
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serve,
+        input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+    )
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    archive.write_out(str(tmp), verbose=False)
+    assets = tmp / "assets"
+    assets.mkdir(exist_ok=True)
+    shutil.copyfile(model_path, assets / MODEL_ASSET)
+    (assets / LABELS_ASSET).write_text(
+        json.dumps({"label_names": names, "thresholds": thresholds, "source": source}, indent=2)
+    )
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)  # a half-written export never replaces a good one
+    return out_dir
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cxr_tf.export", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a .keras file (e.g. runs/X/best.keras)")
+    p.add_argument("--out", required=True, help="SavedModel folder to write")
+    p.add_argument("--thresholds", default=None, help="default: thresholds.json beside --model")
+    args = p.parse_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        out = export_model(args.model, args.out, thresholds_file=args.thresholds)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Exported {args.model} -> {out} (serving_default: encoded image bytes -> probabilities)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

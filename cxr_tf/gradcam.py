@@ -1,0 +1,47 @@
+"""Grad-CAM over the last dense block, computed the same way under TensorFlow and JAX.
+
+Grad-CAM weights each feature map A_k of a layer by the mean gradient of the class score over
+it. Our head is global average pooling then `logits` (a Dense layer), so that gradient is
+w[k, c] / (H * W) at every position: Grad-CAM here equals ReLU(sum_k w[k, c] A_k), computed in
+closed form with `keras.ops`, with no backend-specific autodiff (Zhou et al.'s CAM, which
+Selvaraju et al. show Grad-CAM generalises). The feature maps are those of the `relu` layer,
+the output of the last dense block after its final BatchNorm.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+FEATURE_LAYER = "relu"
+
+
+def heatmaps(model: keras.Model, images: np.ndarray, class_index: int) -> np.ndarray:
+    """Grad-CAM maps for `class_index`, (N, h, w) in [0, 1] at the feature-map resolution."""
+    features_model = keras.Model(model.input, model.get_layer(FEATURE_LAYER).output)
+    feats = features_model(images, training=False)
+    kernel = model.get_layer("logits").kernel
+    weights = ops.cast(kernel[:, class_index], feats.dtype)
+    cam = ops.relu(ops.einsum("nhwk,k->nhw", feats, weights))
+    cam = np.asarray(ops.convert_to_numpy(ops.cast(cam, "float32")))
+    peak = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
+    return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0)
+
+
+def upsample(cam: np.ndarray, size: int) -> np.ndarray:
+    """A (h, w) map resized bilinearly to (size, size)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(cam, np.float32), mode="F")
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), np.float32)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8: the grayscale input (S, S, C in [0, 1]) with the heatmap in 'jet' on top."""
+    from matplotlib import colormaps
+
+    gray = np.asarray(image, np.float32)[..., 0]
+    heat = colormaps["jet"](upsample(cam, gray.shape[0]))[..., :3]
+    rgb = (1 - alpha) * np.repeat(gray[..., None], 3, axis=-1) + alpha * heat
+    return np.clip(rgb * 255, 0, 255).astype(np.uint8)

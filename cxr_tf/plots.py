@@ -1,0 +1,165 @@
+"""Evaluation plots (matplotlib, written as PNG): ROC, precision-recall, confusion matrix,
+probability distributions, and a gallery of images with their true and predicted labels."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works headless, in CI and on TPU VMs
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+
+def _grid(n: int, size: float = 3.2):
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def roc_curves(labels, probs, names, result, path):
+    """One ROC panel per class with its AUROC (and 95% CI) in the legend."""
+    fig, axes = _grid(len(names))
+    for j, (ax, name) in enumerate(zip(axes, names, strict=False)):
+        y = labels[:, j] > 0.5
+        c = result["classes"][name]
+        if y.any() and not y.all():
+            fpr, tpr, _ = skm.roc_curve(y, probs[:, j])
+            ci = c.get("auroc_ci95") or (None, None)
+            extra = f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci[0] is not None else ""
+            ax.plot(fpr, tpr, lw=2, label=f"AUROC {c['auroc']:.3f}{extra}")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+        ax.set(
+            title=name, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01)
+        )
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle("ROC curves")
+    _save(fig, path)
+
+
+def pr_curves(labels, probs, names, result, path):
+    """One precision-recall panel per class, with average precision and prevalence."""
+    fig, axes = _grid(len(names))
+    for j, (ax, name) in enumerate(zip(axes, names, strict=False)):
+        y = labels[:, j] > 0.5
+        if y.any():
+            precision, recall, _ = skm.precision_recall_curve(y, probs[:, j])
+            ap = result["classes"][name]["average_precision"]
+            ax.plot(recall, precision, lw=2, label=f"AP {ap:.3f}")
+            ax.axhline(y.mean(), color="k", ls="--", lw=0.8, label=f"prevalence {y.mean():.2f}")
+        ax.set(title=name, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(loc="lower left", fontsize=8)
+    fig.suptitle("Precision-recall curves")
+    _save(fig, path)
+
+
+def distributions(labels, probs, names, thresholds, path):
+    """Per class, histograms of the predicted probability split by ground truth."""
+    fig, axes = _grid(len(names))
+    bins = np.linspace(0, 1, 26)
+    for j, (ax, name) in enumerate(zip(axes, names, strict=False)):
+        y = labels[:, j] > 0.5
+        ax.hist(probs[~y, j], bins=bins, alpha=0.6, label=f"negative (n={int((~y).sum())})")
+        ax.hist(probs[y, j], bins=bins, alpha=0.6, label=f"positive (n={int(y.sum())})")
+        ax.axvline(thresholds[j], color="k", ls="--", lw=1, label=f"threshold {thresholds[j]:.2f}")
+        ax.set(title=name, xlabel="predicted probability", ylabel="images")
+        ax.legend(fontsize=7)
+    fig.suptitle("Predicted probabilities by ground truth")
+    _save(fig, path)
+
+
+def confusion(cm: dict, path):
+    """A 2x2 heatmap with counts and row percentages."""
+    matrix = np.asarray(cm["matrix"])
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        share = v / max(matrix[i].sum(), 1)
+        color = "white" if v > matrix.max() / 2 else "black"
+        ax.text(j, i, f"{v}\n{share:.0%}", ha="center", va="center", color=color)
+    ax.set(
+        xticks=range(len(cm["labels"])),
+        yticks=range(len(cm["labels"])),
+        xticklabels=cm["labels"],
+        yticklabels=cm["labels"],
+        xlabel="predicted",
+        ylabel="true",
+        title="Confusion matrix",
+    )
+    _save(fig, path)
+
+
+def gallery(model, data_dir, split, info, preds, names, thresholds, path, count=16):
+    """The first `count` images of the split with true and predicted labels and a probability
+    bar per class (the 5 most probable for multi-label)."""
+    from cxr_tf.input_pipeline import make_dataset
+    from cxr_tf.models import input_contract
+
+    c = input_contract(model)
+    ds = make_dataset(
+        data_dir,
+        split,
+        global_batch_size=count,
+        image_size=c.image_size,
+        training=False,
+        channels=1,
+        crop_fraction=c.crop_fraction,
+        dataset=info.name,
+    )
+    images, _, weights = next(ds.as_numpy_iterator())
+    n = int(min(count, (weights > 0).sum(), len(preds.probs)))
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows,
+        2 * cols,
+        figsize=(4.6 * cols, 2.6 * rows),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1.4, 1] * cols},
+    )
+    for k in range(rows * cols):
+        ax_img, ax_bar = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
+        if k >= n:
+            ax_img.axis("off")
+            ax_bar.axis("off")
+            continue
+        p, y = preds.probs[k], preds.labels[k] > 0.5
+        true = [nm for nm, v in zip(names, y, strict=True) if v] or ["none"]
+        pred = [nm for nm, v, t in zip(names, p, thresholds, strict=True) if v >= t] or ["none"]
+        if len(names) == 1:  # binary: name both classes
+            true = [info.label_names[int(y[0])]]
+            pred = [info.label_names[int(p[0] >= thresholds[0])]]
+        ok = set(true) == set(pred)
+        ax_img.imshow(images[k][..., 0], cmap="gray", vmin=0, vmax=1)
+        ax_img.set_title(
+            f"true: {', '.join(true)}\npred: {', '.join(pred)}",
+            fontsize=7,
+            color="green" if ok else "red",
+        )
+        ax_img.axis("off")
+        top = np.argsort(-p)[:5]
+        ax_bar.barh(
+            range(len(top)), p[top], color=["C3" if p[i] >= thresholds[i] else "C0" for i in top]
+        )
+        for row, i in enumerate(top):  # each class's decision threshold
+            ax_bar.plot([thresholds[i]] * 2, [row - 0.4, row + 0.4], color="k", lw=1.2)
+        ax_bar.set_yticks(range(len(top)), [names[i] for i in top], fontsize=6)
+        ax_bar.set_xlim(0, 1)
+        ax_bar.invert_yaxis()
+        ax_bar.tick_params(axis="x", labelsize=6)
+    fig.suptitle(
+        f"{split} images: true and predicted labels (red bars pass their threshold, the black mark)"
+    )
+    _save(fig, path)

@@ -1,0 +1,253 @@
+"""Prediction from image files: top-k findings with probabilities, optionally Grad-CAM overlays.
+
+    python -m cxr_tf.predict --model runs/demo/saved_model xray1.png scans/ [--top-k 5] [--json]
+        [--gradcam out/]
+
+`--model` is an exported SavedModel folder (cxr_tf.export), a `.keras` file, or a run folder.
+Images are JPEG or PNG files, or DICOM (`.dcm`) when `pydicom` is installed; folders are
+searched recursively. A file that cannot be read gets its own error line (an `error` field with
+`--json`), the others are still predicted, and the exit status is 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm"}
+
+
+@dataclass
+class Result:
+    """One file's prediction, or its error."""
+
+    file: str
+    findings: list[dict] = field(default_factory=list)  # name, probability, threshold, positive
+    error: str | None = None
+    gradcam: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = {"file": self.file, "findings": self.findings}
+        if self.error:
+            out["error"] = self.error
+        if self.gradcam:
+            out["gradcam"] = self.gradcam
+        return out
+
+
+def list_images(inputs) -> list[Path]:
+    """Files given, plus image files found recursively in folders given (hidden ones skipped)."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") or part == "__MACOSX" for part in p.parts)
+            )
+        else:
+            files.append(item)
+    return files
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """Encoded image bytes of a file; DICOM is converted to PNG. Raises ValueError with reason."""
+    if not path.is_file():
+        raise ValueError("no such file")
+    if path.suffix.lower() == ".dcm":
+        return _dicom_to_png(path)
+    data = path.read_bytes()
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    return data
+
+
+def _dicom_to_png(path: Path) -> bytes:
+    try:
+        import pydicom
+    except ImportError as err:
+        raise ValueError("DICOM needs pydicom: pip install pydicom") from err
+    from PIL import Image
+
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array.astype(np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        arr = 1.0 - arr  # MONOCHROME1 stores bright bones as low values
+    buf = io.BytesIO()
+    Image.fromarray((arr * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Predictor:
+    """Loads a SavedModel, `.keras` file or run folder and predicts encoded images."""
+
+    def __init__(self, model_path):
+        from cxr_tf.export import LABELS_ASSET, MODEL_ASSET, find_thresholds, label_info
+
+        path = Path(model_path).expanduser()
+        if (
+            path.is_dir()
+            and (path / "best.keras").is_file()
+            and not (path / "saved_model.pb").is_file()
+        ):
+            path = path / "best.keras"  # a run folder
+        self.serving = None
+        self.keras_path = None
+        self._keras = None
+        if path.is_dir() and (path / "saved_model.pb").is_file():
+            import tensorflow as tf
+
+            self.serving = tf.saved_model.load(str(path)).signatures["serving_default"]
+            meta = json.loads((path / "assets" / LABELS_ASSET).read_text())
+            self.label_names, self.thresholds = meta["label_names"], meta["thresholds"]
+            keras_asset = path / "assets" / MODEL_ASSET
+            self.keras_path = keras_asset if keras_asset.is_file() else None
+        elif path.is_file() and path.suffix == ".keras":
+            self.keras_path = path
+            model = self.keras_model()
+            self.label_names, self.thresholds, _ = label_info(
+                model.output_shape[-1], find_thresholds(path)
+            )
+        else:
+            raise FileNotFoundError(
+                f"--model {str(model_path)!r} is not a SavedModel folder, a .keras file or a run "
+                "folder with best.keras"
+            )
+
+    def keras_model(self):
+        if self._keras is None:
+            if self.keras_path is None:
+                raise ValueError(
+                    "this SavedModel carries no assets/model.keras (needed for Grad-CAM)"
+                )
+            from cxr_tf.models import load_model
+
+            self._keras = load_model(self.keras_path)
+        return self._keras
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """The evaluation transform of the model's contract, as a (1, S, S, C) batch."""
+        from cxr_tf.input_pipeline import decode, eval_transform
+        from cxr_tf.models import input_contract
+
+        c = input_contract(self.keras_model())
+        image = eval_transform(decode(data), c.image_size, c.crop_fraction).numpy()
+        if c.channels == 3:
+            image = np.repeat(image, 3, axis=-1)
+        return image[None]
+
+    def probabilities(self, data: bytes) -> np.ndarray:
+        """(C,) probabilities for one encoded image; raises ValueError for non-image bytes."""
+        import keras
+        import tensorflow as tf
+
+        try:
+            if self.serving is not None:
+                return self.serving(images=tf.constant([data]))["probabilities"].numpy()[0]
+            out = self.keras_model()(self.preprocess(data), training=False)
+            return np.asarray(keras.ops.convert_to_numpy(out), np.float32)[0]
+        except tf.errors.InvalidArgumentError as err:
+            raise ValueError(f"not a readable image ({err.message.splitlines()[0][:120]})") from err
+
+
+def predict_files(
+    predictor: Predictor, inputs, *, top_k: int = 5, gradcam_dir=None
+) -> list[Result]:
+    """Predict every image in `inputs` (files and folders); failures become error results."""
+    results = []
+    for path in list_images(inputs):
+        result = Result(str(path))
+        try:
+            data = read_image_bytes(path)
+            probs = predictor.probabilities(data)
+        except ValueError as err:
+            result.error = str(err)
+            results.append(result)
+            continue
+        order = np.argsort(-probs)[:top_k]
+        result.findings = [
+            {
+                "name": predictor.label_names[i],
+                "probability": float(probs[i]),
+                "threshold": float(predictor.thresholds[i]),
+                "positive": bool(probs[i] >= predictor.thresholds[i]),
+            }
+            for i in order
+        ]
+        if gradcam_dir is not None:
+            result.gradcam = _write_gradcams(predictor, data, path, order, Path(gradcam_dir))
+        results.append(result)
+    return results
+
+
+def _write_gradcams(predictor, data, path, classes, out_dir: Path) -> list[str]:
+    from PIL import Image
+
+    from cxr_tf import gradcam
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = predictor.keras_model()
+    batch = predictor.preprocess(data)
+    written = []
+    for c in classes:
+        cam = gradcam.heatmaps(model, batch, int(c))[0]
+        name = f"{path.stem}_{predictor.label_names[c]}.png"
+        Image.fromarray(gradcam.overlay(batch[0], cam)).save(out_dir / name)
+        written.append(str(out_dir / name))
+    return written
+
+
+def format_result(r: Result) -> str:
+    """Human-readable lines for one file."""
+    if r.error:
+        return f"{r.file}: ERROR {r.error}"
+    lines = [f"{r.file}:"]
+    for f in r.findings:
+        mark = "POSITIVE" if f["positive"] else "negative"
+        lines.append(
+            f"  {f['name']:<20} {f['probability']:6.3f}  (threshold {f['threshold']:.3f}, {mark})"
+        )
+    lines += [f"  grad-cam: {g}" for g in r.gradcam]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cxr_tf.predict", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="SavedModel folder, .keras file or run folder")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--gradcam", default=None, metavar="DIR", help="write Grad-CAM overlays here")
+    args = p.parse_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if args.top_k < 1:
+        p.error(f"--top-k {args.top_k} must be at least 1")
+    try:
+        predictor = Predictor(args.model)
+        results = predict_files(predictor, args.images, top_k=args.top_k, gradcam_dir=args.gradcam)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not results:
+        print(f"error: no image files in {args.images}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print("\n".join(format_result(r) for r in results))
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

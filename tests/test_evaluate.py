@@ -1,0 +1,86 @@
+"""cxr_tf.evaluate on a model trained with training/demo.yaml (the `trained_run` fixture)."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+from sklearn import metrics as skm
+
+from cxr_tf import metrics, models
+from cxr_tf.evaluate import evaluate, main
+from cxr_tf.input_pipeline import read_info
+
+pytestmark = pytest.mark.slow
+PLOTS = ("roc.png", "pr.png", "confusion.png", "gallery.png", "distributions.png")
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run, pneumonia_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    return evaluate(trained_run, pneumonia_data, out_dir=out, bootstrap=200), out
+
+
+def test_every_test_example_is_predicted_once(evaluated, trained_run, pneumonia_data):
+    result, _ = evaluated
+    info = read_info(pneumonia_data)
+    builder = tfds.builder_from_directory(str(info.dataset_dir))
+    expected = sorted(e["image_id"].decode() for e in tfds.as_numpy(builder.as_dataset("test")))
+    preds = metrics.predict_split(
+        models.load_model(trained_run / "best.keras"), pneumonia_data, "test"
+    )
+    assert sorted(preds.image_ids) == expected
+    assert result["n"] == len(expected)
+
+
+def test_metrics_json_agrees_with_sklearn(evaluated, trained_run, pneumonia_data):
+    result, out = evaluated
+    saved = json.loads((out / "metrics.json").read_text())
+    preds = metrics.predict_split(
+        models.load_model(trained_run / "best.keras"), pneumonia_data, "test"
+    )
+    y, p = preds.labels[:, 0] > 0.5, preds.probs[:, 0]
+    t = json.loads((trained_run / "thresholds.json").read_text())["thresholds"][0]
+    c = saved["classes"]["PNEUMONIA"]
+    assert c["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-6)
+    assert c["average_precision"] == pytest.approx(skm.average_precision_score(y, p), abs=1e-6)
+    assert c["f1"] == pytest.approx(skm.f1_score(y, p >= t))
+    assert saved["confusion_matrix"]["matrix"] == skm.confusion_matrix(y, p >= t).tolist()
+    assert saved["confusion_matrix"]["labels"] == ["NORMAL", "PNEUMONIA"]
+    lo, hi = c["auroc_ci95"]
+    assert lo <= c["auroc"] <= hi
+    assert saved["thresholds_source"].endswith("thresholds.json")
+    assert saved["bootstrap"]["unit"] == "patient"
+    assert c["auroc"] >= 0.9
+
+
+def test_plots_are_written_and_not_blank(evaluated):
+    _, out = evaluated
+    for name in PLOTS:
+        img = np.asarray(Image.open(out / name).convert("L"), np.float32)
+        assert img.shape[0] > 200 and img.shape[1] > 200, name
+        assert img.std() > 10, f"{name} looks blank"
+
+
+def test_cli_prints_the_table_and_takes_thresholds(trained_run, pneumonia_data, tmp_path, capsys):
+    metrics.save_thresholds(tmp_path / "t.json", ["PNEUMONIA"], [0.5], "manual")
+    args = [
+        "--model",
+        str(trained_run / "best.keras"),
+        "--data",
+        str(pneumonia_data),
+        "--out",
+        str(tmp_path / "e"),
+        "--bootstrap",
+        "50",
+        "--thresholds",
+        str(tmp_path / "t.json"),
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "PNEUMONIA" in text and "mean AUROC" in text and "95% CI" in text
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert saved["classes"]["PNEUMONIA"]["threshold"] == 0.5
+    assert main(["--model", str(tmp_path / "none.keras"), "--data", str(pneumonia_data)]) == 2
+    assert "neither a .keras file nor a run folder" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""cxr_tf.export: a SavedModel that takes image bytes and agrees with the Keras model."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from cxr_tf import input_pipeline, models
+from cxr_tf.export import export_model, main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(trained_run, tmp_path_factory):
+    out = export_model(trained_run / "best.keras", tmp_path_factory.mktemp("exp") / "sm")
+    return tf.saved_model.load(str(out)).signatures["serving_default"], out
+
+
+def _stored_examples(data, n=6):
+    info = input_pipeline.read_info(data)
+    raw = tf.data.TFRecordDataset(info.files("test")).take(n)
+    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+    return [tf.io.parse_single_example(r, spec)["image"].numpy() for r in raw]
+
+
+def test_serving_equals_keras_on_the_pipeline_tensor(served, trained_run, pneumonia_data):
+    fn, _ = served
+    model = models.load_model(trained_run / "best.keras")
+    c = models.input_contract(model)
+    for encoded in _stored_examples(pneumonia_data):
+        pipeline_tensor = input_pipeline.eval_transform(
+            tf.io.decode_image(encoded, channels=1), c.image_size, c.crop_fraction
+        )
+        expected = model(pipeline_tensor[None], training=False).numpy()
+        got = fn(images=tf.constant([encoded]))["probabilities"].numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_labels_and_thresholds_travel_with_the_model(served, trained_run, pneumonia_data):
+    fn, out = served
+    saved = json.loads((trained_run / "thresholds.json").read_text())
+    res = fn(images=tf.constant(_stored_examples(pneumonia_data, 2)))
+    assert [x.decode() for x in res["label_names"].numpy()] == saved["label_names"]
+    np.testing.assert_allclose(res["thresholds"].numpy(), saved["thresholds"], rtol=1e-6)
+    assert (out / "assets" / "model.keras").is_file()
+
+
+def _encode(arr, fmt, mode=None):
+    buf = io.BytesIO()
+    img = Image.fromarray(arr)
+    if mode:
+        img = img.convert(mode)
+    img.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def test_serving_takes_any_common_encoding_and_size(served, pneumonia_data):
+    fn, _ = served
+    gray = np.asarray(Image.open(io.BytesIO(_stored_examples(pneumonia_data, 1)[0])))
+    odd = np.asarray(Image.fromarray(gray).resize((97, 131)))
+    variants = {
+        "png-gray": _encode(gray, "PNG"),
+        "png-rgb": _encode(gray, "PNG", "RGB"),
+        "png-rgba": _encode(gray, "PNG", "RGBA"),
+        "jpeg-gray": _encode(gray, "JPEG"),
+        "jpeg-rgb": _encode(gray, "JPEG", "RGB"),
+        "png-odd-size": _encode(odd, "PNG"),
+    }
+    out = {
+        k: float(fn(images=tf.constant([v]))["probabilities"].numpy()[0, 0])
+        for k, v in variants.items()
+    }
+    assert all(0.0 <= v <= 1.0 for v in out.values())
+    assert out["png-rgb"] == pytest.approx(out["png-gray"], abs=2e-3)
+    assert out["png-rgba"] == pytest.approx(out["png-gray"], abs=2e-3)
+    assert out["jpeg-gray"] == pytest.approx(out["png-gray"], abs=0.05)
+    batch = fn(images=tf.constant(list(variants.values())))["probabilities"].numpy()
+    assert batch.shape == (len(variants), 1)
+
+
+def test_bad_bytes_fail_that_call_only(served, pneumonia_data):
+    fn, _ = served
+    good = _stored_examples(pneumonia_data, 1)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        fn(images=tf.constant([b"definitely not an image"]))
+    assert fn(images=tf.constant(good))["probabilities"].shape == (1, 1)
+
+
+def test_training_exported_the_same_kind_of_model(trained_run):
+    fn = tf.saved_model.load(str(trained_run / "saved_model")).signatures["serving_default"]
+    assert set(fn.structured_outputs) == {"probabilities", "label_names", "thresholds"}
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "x.keras"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""cxr_tf.metrics and the evaluation statistics agree with scikit-learn."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from cxr_tf import metrics
+from cxr_tf.evaluate import bootstrap_auroc, fast_auroc
+
+
+def _data(n=400, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, c)) < [0.3, 0.1, 0.5][:c]).astype(np.float32)
+    probs = np.clip(labels * 0.3 + rng.random((n, c)) * 0.7, 0, 1).astype(np.float32)
+    probs[:10] = np.round(probs[:10], 1)  # some ties
+    return probs, labels
+
+
+def test_per_class_metrics_match_sklearn():
+    probs, labels = _data()
+    thresholds = [0.5, 0.4, 0.6]
+    result = metrics.summarize(probs, labels, thresholds, ["a", "b", "c"])
+    for j, name in enumerate("abc"):
+        y, p = labels[:, j] > 0.5, probs[:, j]
+        pred = p >= thresholds[j]
+        c = result["classes"][name]
+        assert c["auroc"] == pytest.approx(skm.roc_auc_score(y, p))
+        assert c["average_precision"] == pytest.approx(skm.average_precision_score(y, p))
+        assert c["sensitivity"] == pytest.approx(skm.recall_score(y, pred))
+        assert c["precision"] == pytest.approx(skm.precision_score(y, pred))
+        assert c["f1"] == pytest.approx(skm.f1_score(y, pred))
+        tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
+        assert c["specificity"] == pytest.approx(tn / (tn + fp))
+        assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (tp, fp, fn, tn)
+        assert c["support"] == int(y.sum())
+    assert result["macro"]["auroc"] == pytest.approx(
+        np.mean([skm.roc_auc_score(labels[:, j], probs[:, j]) for j in range(3)])
+    )
+    assert result["accuracy"] == pytest.approx(
+        ((probs >= np.array(thresholds)) == (labels > 0.5)).mean()
+    )
+
+
+def test_softmax_accuracy_is_argmax_accuracy():
+    rng = np.random.default_rng(1)
+    p = rng.random((50, 2)).astype(np.float32)
+    p /= p.sum(1, keepdims=True)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 50)]
+    r = metrics.summarize(p, y, [0.5, 0.5], ["N", "P"])
+    assert r["accuracy"] == pytest.approx(skm.accuracy_score(y.argmax(1), p.argmax(1)))
+
+
+def test_thresholds_maximise_f1():
+    probs, labels = _data(seed=2)
+    chosen = metrics.choose_thresholds(probs, labels)
+    for j, t in enumerate(chosen):
+        y = labels[:, j] > 0.5
+        best = max(skm.f1_score(y, probs[:, j] >= u) for u in np.unique(probs[:, j]))
+        assert skm.f1_score(y, probs[:, j] >= t) == pytest.approx(best)
+    assert metrics.choose_thresholds(probs[:, :1], np.zeros((400, 1))) == [0.5]
+
+
+def test_fast_auroc_matches_sklearn_with_ties():
+    probs, labels = _data(seed=3)
+    for j in range(3):
+        assert fast_auroc(labels[:, j], probs[:, j]) == pytest.approx(
+            skm.roc_auc_score(labels[:, j], probs[:, j])
+        )
+    assert np.isnan(fast_auroc(np.ones(5), np.arange(5.0)))
+
+
+def test_bootstrap_over_patients_contains_estimate_and_shrinks():
+    def interval(n_patients):
+        rng = np.random.default_rng(4)
+        patients = np.repeat(np.arange(n_patients), 3)  # 3 images per patient
+        y = np.repeat(rng.random(n_patients) < 0.4, 3).astype(np.float32)[:, None]
+        p = np.clip(y * 0.25 + rng.random(y.shape) * 0.75, 0, 1)
+        ((lo, hi),) = bootstrap_auroc(y, p, patients.astype(str), n=300, seed=0)
+        return fast_auroc(y[:, 0], p[:, 0]), lo, hi
+
+    small, large = interval(60), interval(600)
+    for point, lo, hi in (small, large):
+        assert lo <= point <= hi
+    assert (large[2] - large[1]) < 0.6 * (small[2] - small[1])
+
+
+def test_thresholds_file_round_trip(tmp_path):
+    metrics.save_thresholds(tmp_path / "t.json", ["A", "B"], [0.2, 0.7], "validation")
+    data = metrics.load_thresholds(tmp_path / "t.json")
+    assert data["label_names"] == ["A", "B"] and data["thresholds"] == [0.2, 0.7]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a cxr_tf thresholds file"):
+        metrics.load_thresholds(tmp_path / "bad.json")

@@ -1,0 +1,99 @@
+"""cxr_tf.predict and cxr_tf.gradcam on the demo-trained model."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_tf import gradcam, input_pipeline, models
+from cxr_tf.predict import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def image_folder(pneumonia_data, tmp_path_factory):
+    """Raw test images of the synthetic archive, one broken file, one text file, one DICOM."""
+    raw = pneumonia_data.parent / "raw" / "chest_xray" / "test"
+    folder = tmp_path_factory.mktemp("images")
+    for cls in ("NORMAL", "PNEUMONIA"):
+        for src in sorted((raw / cls).iterdir())[:3]:
+            shutil.copy(src, folder / f"{cls}_{src.name}")
+    (folder / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    (folder / "scan.dcm").write_bytes(b"DICM")
+    return folder
+
+
+@pytest.mark.parametrize("which", ["saved_model", "best.keras", "."])
+def test_folder_with_broken_files_reports_them_and_predicts_the_rest(
+    trained_run, image_folder, capsys, which
+):
+    code = main(["--model", str(trained_run / which), str(image_folder), "--json", "--top-k", "1"])
+    results = json.loads(capsys.readouterr().out)
+    assert code == 1  # some files failed
+    by_name = {r["file"].rsplit("/", 1)[1]: r for r in results}
+    assert "notes.txt" not in by_name
+    assert "not a readable image" in by_name["broken.jpeg"]["error"]
+    assert "pydicom" in by_name["scan.dcm"]["error"] or "error" in by_name["scan.dcm"]
+    good = [r for n, r in by_name.items() if n.startswith(("NORMAL_", "PNEUMONIA_"))]
+    assert len(good) == 6 and all("error" not in r for r in good)
+    for r in good:
+        (f,) = r["findings"]
+        assert f["name"] == "PNEUMONIA" and 0 <= f["probability"] <= 1
+        assert f["positive"] == (f["probability"] >= f["threshold"])
+    # the synthetic opacity is learnt: pneumonia files score above normal ones on average
+    p = {
+        n: r["findings"][0]["probability"]
+        for n, r in by_name.items()
+        if n in {x for x in by_name if x.startswith(("NORMAL_", "PNEUMONIA_"))}
+    }
+    assert np.mean([v for n, v in p.items() if n.startswith("PNEUMONIA_")]) > np.mean(
+        [v for n, v in p.items() if n.startswith("NORMAL_")]
+    )
+
+
+def test_text_output_and_gradcam_files(trained_run, image_folder, tmp_path, capsys):
+    one = next(image_folder.glob("PNEUMONIA_*"))
+    code = main(["--model", str(trained_run / "saved_model"), str(one), "--gradcam", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "PNEUMONIA" in out and "threshold" in out
+    (png,) = tmp_path.glob("*.png")
+    img = np.asarray(Image.open(png))
+    assert img.ndim == 3 and img.shape[2] == 3 and img.std() > 5
+    assert main(["--model", str(tmp_path / "nope"), str(one)]) == 2
+    assert "is not a SavedModel folder" in capsys.readouterr().err
+
+
+def test_gradcam_heat_sits_on_the_synthetic_opacity(trained_run, pneumonia_data):
+    model = models.load_model(trained_run / "best.keras")
+    c = models.input_contract(model)
+    ds = input_pipeline.make_dataset(
+        pneumonia_data,
+        "test",
+        global_batch_size=16,
+        image_size=c.image_size,
+        training=False,
+        channels=1,
+        with_ids=True,
+    )
+    checked = 0
+    for images, labels, weights, ids, _ in ds.as_numpy_iterator():
+        probs = np.asarray(model(images, training=False))[:, 0]
+        for img, y, w, image_id, p in zip(images, labels, weights, ids, probs, strict=True):
+            if not (w and y[0] and b"bacteria" in image_id and p > 0.8):
+                continue
+            # bacteria: one dense opacity in the lower half of one lung; find which side
+            gray = img[..., 0]
+            s = gray.shape[0]
+            lower = gray[s // 2 :, :]
+            left, right = lower[:, : s // 2].mean(), lower[:, s // 2 :].mean()
+            if abs(left - right) < 0.02:
+                continue
+            cam = gradcam.upsample(gradcam.heatmaps(model, img[None], 0)[0], s)
+            side = cam[:, : s // 2] if left > right else cam[:, s // 2 :]
+            assert side.sum() / cam.sum() > 0.6, f"{image_id}: heat not on the opacity's side"
+            checked += 1
+    assert checked >= 3
