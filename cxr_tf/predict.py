@@ -203,7 +203,9 @@ def _write_gradcams(predictor, data, path, classes, out_dir: Path) -> list[str]:
     for c in classes:
         cam = gradcam.heatmaps(model, batch, int(c))[0]
         name = f"{path.stem}_{predictor.label_names[c]}.png"
-        Image.fromarray(gradcam.overlay(batch[0], cam)).save(out_dir / name)
+        picture = Image.fromarray(gradcam.overlay(batch[0], cam))
+        side = max(256, picture.width)  # small model inputs are too small to look at
+        picture.resize((side, side), Image.Resampling.BICUBIC).save(out_dir / name)
         written.append(str(out_dir / name))
     return written
 
