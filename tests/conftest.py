@@ -20,13 +20,17 @@ from cxr_tf import synthetic  # noqa: E402
 from cxr_tf.convert import convert  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def pneumonia_data(tmp_path_factory):
-    """A converted synthetic pneumonia dataset (~300 images at 64 px, several train shards)."""
-    root = tmp_path_factory.mktemp("pneumonia")
-    synthetic.write_pneumonia(root / "raw", num_images=300, image_size=80, seed=3)
+def _converted(tmp_path_factory, dataset: str, num_images: int, seed: int):
+    root = tmp_path_factory.mktemp(dataset)
+    writer = {"pneumonia": synthetic.write_pneumonia, "nih14": synthetic.write_nih14}[dataset]
+    writer(
+        root / "raw",
+        num_images=num_images,
+        image_size=80 if dataset == "pneumonia" else 64,
+        seed=seed,
+    )
     convert(
-        "pneumonia",
+        dataset,
         root / "raw",
         root / "tfrecords",
         image_size=64,
@@ -35,23 +39,18 @@ def pneumonia_data(tmp_path_factory):
         progress=False,
     )
     return root / "tfrecords"
+
+
+@pytest.fixture(scope="session")
+def pneumonia_data(tmp_path_factory):
+    """A converted synthetic pneumonia dataset (~300 images at 64 px, several train shards)."""
+    return _converted(tmp_path_factory, "pneumonia", 300, 3)
 
 
 @pytest.fixture(scope="session")
 def nih14_data(tmp_path_factory):
     """A converted synthetic NIH dataset (~200 images at 64 px)."""
-    root = tmp_path_factory.mktemp("nih14")
-    synthetic.write_nih14(root / "raw", num_images=200, image_size=64, seed=4)
-    convert(
-        "nih14",
-        root / "raw",
-        root / "tfrecords",
-        image_size=64,
-        workers=1,
-        shard_mb=0.05,
-        progress=False,
-    )
-    return root / "tfrecords"
+    return _converted(tmp_path_factory, "nih14", 200, 4)
 
 
 @pytest.fixture(scope="session")
