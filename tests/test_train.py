@@ -90,8 +90,27 @@ def test_demo_config_learns_under_jax_with_two_devices(pneumonia_data, tmp_path)
     assert "backend jax, strategy mirrored, 2 x CPU" in proc.stdout
     rt = json.loads((tmp_path / "run" / "runtime.json").read_text())
     assert rt["backend"] == "jax" and rt["num_replicas"] == 2
-    # a model trained under JAX loads and predicts under TensorFlow
+    # a model trained under JAX loads and predicts under TensorFlow, and was exported
     assert _test_auroc(tmp_path / "run", pneumonia_data) >= 0.9
+    assert (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()
+    # Grad-CAM and prediction under the JAX backend
+    image = next((pneumonia_data.parent / "raw" / "chest_xray" / "test" / "PNEUMONIA").iterdir())
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxr_tf.predict",
+        "--model",
+        str(tmp_path / "run" / "best.keras"),
+        str(image),
+        "--gradcam",
+        str(tmp_path / "cams"),
+        "--json",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = json.loads(proc.stdout)
+    assert result["findings"][0]["name"] == "PNEUMONIA"
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 1
 
 
 class _Preempt(keras.callbacks.Callback):
