@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import math
 import multiprocessing
@@ -29,14 +30,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from cxr_tf import images as image_ops
-from cxr_tf import nih14, pneumonia
 from cxr_tf.sources import SPLITS, SourceError, SourceImage
 
 VERSION = "1.0.0"
-DATASETS = {"pneumonia": pneumonia, "nih14": nih14}
+# Dataset readers are imported when used: worker processes import this module to find `_work`,
+# and should load no more than Pillow.
+DATASETS = ("pneumonia", "nih14")
 # Bytes per stored pixel, measured on converted chest X-rays; only used to pick shard counts.
 _BYTES_PER_PIXEL = {"jpeg": 0.4, "png": 0.75}
 _PROGRESS = ".progress"
@@ -81,6 +81,13 @@ class ConversionResult:
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"  {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def dataset_module(name: str):
+    """The reader module of dataset `name` (`cxr_tf.pneumonia` or `cxr_tf.nih14`)."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset {name!r} is not one of {sorted(DATASETS)}")
+    return importlib.import_module(f"cxr_tf.{name}")
 
 
 def is_complete(dataset_dir: Path) -> bool:
@@ -133,6 +140,8 @@ def plan_shards(
     Shuffling here mixes classes and patients across shards, so that any subset of shards (one
     TPU host's share) is a fair sample of the split.
     """
+    import numpy as np
+
     shards = []
     for s_idx, split in enumerate(SPLITS):
         items = sorted(splits[split], key=lambda im: im.image_id)
@@ -229,6 +238,8 @@ def convert(
     scan = module.scan(source)
     found = scan.images
     if limit is not None and limit < len(found):
+        import numpy as np
+
         keep = np.sort(np.random.default_rng(seed).choice(len(found), limit, replace=False))
         found = [found[i] for i in keep]
         scan.notes.append(f"--limit {limit}: converted a seeded sample of {limit} images")
@@ -297,8 +308,7 @@ def convert(
 
 
 def _check_args(dataset, image_size, image_format, val_fraction, test_fraction, limit):
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset {dataset!r} is not one of {sorted(DATASETS)}")
+    module = dataset_module(dataset)
     if not 16 <= image_size <= 4096:
         raise ValueError(f"--image-size {image_size} is outside 16..4096 (the default is 256)")
     if image_format not in image_ops.FORMATS:
@@ -308,7 +318,7 @@ def _check_args(dataset, image_size, image_format, val_fraction, test_fraction, 
             raise ValueError(f"{name} {value} must be in [0, 1), e.g. 0.1")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit {limit} must be a positive number of images")
-    return DATASETS[dataset]
+    return module
 
 
 def _prepare_progress(out_dir: Path, plan_hash: str) -> Path:
@@ -364,7 +374,7 @@ def _write_shards(
             marker = {
                 "num_examples": len(examples),
                 "num_bytes": (out_dir / name).stat().st_size,
-                "class_counts": DATASETS[dataset].class_counts(examples),
+                "class_counts": dataset_module(dataset).class_counts(examples),
                 "skipped": skipped,
             }
             tmp_marker = progress_dir / f"{name}.json.tmp"

@@ -1,6 +1,6 @@
 """Image decoding for the converter: any source image -> 8-bit grayscale, resized, re-encoded.
 
-Pure Pillow + numpy (no TensorFlow), so that the converter's worker processes start fast and
+Pure Pillow (no numpy, no TensorFlow), so that the converter's worker processes start fast and
 stay fork/spawn-safe.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageFile
 
 # Real archives are clean, but a truncated file must fail loudly (and be reported), never be
@@ -33,30 +32,27 @@ class EncodedImage:
     width: int
 
 
-def to_grayscale(img: Image.Image) -> np.ndarray:
-    """Return `img` as a 2-D uint8 array, whatever its mode.
+def to_grayscale(img: Image.Image) -> Image.Image:
+    """Return `img` as an 8-bit grayscale ('L') image, whatever its mode.
 
     16-bit and 32-bit integer images are scaled linearly from their bit depth to 8 bits (not
     min-max stretched, so intensities stay comparable between images); alpha is dropped, since
     radiographs are opaque and a transparent background would otherwise turn black or white.
+    Pillow only (no numpy), which keeps the converter's worker processes quick to start.
     """
     mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        arr = np.asarray(img, dtype=np.uint16).astype(np.float32)
-        return np.round(arr / 257.0).astype(np.uint8)
-    if mode == "I":
-        arr = np.asarray(img, dtype=np.int64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return np.round(np.clip(arr, 0, top) * (255.0 / top)).astype(np.uint8)
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-        top = 1.0 if arr.max(initial=0) <= 1.0 else (255.0 if arr.max() <= 255.0 else 65535.0)
-        return np.round(np.clip(arr, 0, top) * (255.0 / top)).astype(np.uint8)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        if mode.startswith("I;16"):
+            img, top = img.convert("I"), 65535.0
+        else:
+            high = img.getextrema()[1]
+            top = 1.0 if mode == "F" and high <= 1.0 else 255.0 if high <= 255 else 65535.0
+        # point() applies the scale in C; converting to L then clips to 0..255.
+        return img.point(lambda v: v * (255.0 / top) + 0.5).convert("L")
     if mode == "La":  # premultiplied alpha has no direct conversion to L
         img = img.convert("LA")
-    if img.mode != "L":
-        img = img.convert("L")  # drops alpha; palette, RGB and CMYK go through ITU-R 601 luma
-    return np.asarray(img, dtype=np.uint8)
+    # drops alpha; palette, RGB and CMYK go through ITU-R 601 luma
+    return img if img.mode == "L" else img.convert("L")
 
 
 def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -65,8 +61,8 @@ def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def decode_file(path: str, short_side: int | None = None) -> np.ndarray:
-    """Decode an image file to a 2-D uint8 grayscale array.
+def decode_file(path: str, short_side: int | None = None) -> Image.Image:
+    """Decode an image file to an 8-bit grayscale image.
 
     With `short_side`, JPEG decoding uses DCT scaling (`draft`) to skip detail the resize would
     throw away anyway; the result still has a shorter side of at least `short_side`.
@@ -80,8 +76,8 @@ def decode_file(path: str, short_side: int | None = None) -> np.ndarray:
     return decode_bytes(raw, short_side)
 
 
-def decode_bytes(raw: bytes, short_side: int | None = None) -> np.ndarray:
-    """Decode encoded image bytes to a 2-D uint8 grayscale array (see `decode_file`)."""
+def decode_bytes(raw: bytes, short_side: int | None = None) -> Image.Image:
+    """Decode encoded image bytes to an 8-bit grayscale image (see `decode_file`)."""
     if not raw:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -100,27 +96,23 @@ def decode_bytes(raw: bytes, short_side: int | None = None) -> np.ndarray:
     return to_grayscale(img)
 
 
-def resize_short_side(gray: np.ndarray, short_side: int) -> np.ndarray:
-    """Antialiased resize of a 2-D uint8 image so its shorter side is `short_side`."""
-    h, w = gray.shape
-    new_h, new_w = resized_size(h, w, short_side)
-    if (new_h, new_w) == (h, w):
+def resize_short_side(gray: Image.Image, short_side: int) -> Image.Image:
+    """Antialiased resize of a grayscale image so its shorter side is `short_side`."""
+    new_h, new_w = resized_size(gray.height, gray.width, short_side)
+    if (new_h, new_w) == (gray.height, gray.width):
         return gray
-    img = Image.fromarray(gray, mode="L")
     # reducing_gap makes large downscales a cheap box-reduce then a Lanczos pass: the same quality
     # for these ratios at a fraction of the cost.
-    img = img.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return np.asarray(img, dtype=np.uint8)
+    return gray.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def encode(gray: np.ndarray, image_format: str) -> bytes:
-    """Encode a 2-D uint8 image as JPEG (quality 95) or PNG, deterministically."""
+def encode(gray: Image.Image, image_format: str) -> bytes:
+    """Encode a grayscale image as JPEG (quality 95) or PNG, deterministically."""
     buf = io.BytesIO()
-    img = Image.fromarray(gray, mode="L")
     if image_format == "jpeg":
-        img.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=False)
+        gray.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=False)
     elif image_format == "png":
-        img.save(buf, format="PNG", compress_level=6)
+        gray.save(buf, format="PNG", compress_level=6)
     else:
         raise ValueError(f"image format {image_format!r} is not one of {FORMATS}")
     return buf.getvalue()
@@ -129,4 +121,4 @@ def encode(gray: np.ndarray, image_format: str) -> bytes:
 def convert_file(path: str, short_side: int, image_format: str) -> EncodedImage:
     """The converter's per-image work: decode, grayscale, resize, encode."""
     gray = resize_short_side(decode_file(path, short_side), short_side)
-    return EncodedImage(encode(gray, image_format), *gray.shape)
+    return EncodedImage(encode(gray, image_format), gray.height, gray.width)

@@ -9,8 +9,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy stays out of the converter's worker processes
+    import numpy as np
 
 SPLITS = ("train", "validation", "test")
 # Folders and files that unzip tools, macOS and editors add next to the real data.

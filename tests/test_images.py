@@ -33,7 +33,7 @@ GRAY = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))  # 16x16 ramp
 )
 def test_modes_convert_to_the_same_gray(make, fmt):
     img = make()
-    gray = images.decode_bytes(_encode(img, fmt))
+    gray = np.asarray(images.decode_bytes(_encode(img, fmt)))
     assert gray.dtype == np.uint8 and gray.shape == (16, 16)
     tol = 6 if fmt == "JPEG" else 1
     assert np.abs(gray.astype(int) - GRAY.astype(int)).max() <= tol, img.mode
@@ -41,7 +41,7 @@ def test_modes_convert_to_the_same_gray(make, fmt):
 
 def test_sixteen_bit_scales_by_bit_depth_not_min_max():
     arr = np.full((8, 8), 65535 // 2, dtype=np.uint16)
-    gray = images.decode_bytes(_encode(Image.fromarray(arr), "PNG"))
+    gray = np.asarray(images.decode_bytes(_encode(Image.fromarray(arr), "PNG")))
     assert set(np.unique(gray)) == {127}
 
 
@@ -61,7 +61,7 @@ def test_broken_bytes_raise_image_error_with_reason(raw, reason):
 
 @pytest.mark.parametrize("shape", [(300, 200), (200, 300), (50, 80)])
 def test_resize_keeps_aspect_and_sets_the_shorter_side(shape):
-    out = images.resize_short_side(np.zeros(shape, np.uint8), 100)
+    out = np.asarray(images.resize_short_side(Image.fromarray(np.zeros(shape, np.uint8)), 100))
     assert min(out.shape) == 100
     assert out.shape[0] / out.shape[1] == pytest.approx(shape[0] / shape[1], rel=0.02)
 
@@ -77,4 +77,23 @@ def test_convert_file_uses_jpeg_draft_and_is_deterministic(tmp_path):
     png = images.convert_file(str(path), 128, "png")
     assert Image.open(io.BytesIO(png.data)).mode == "L"
     with pytest.raises(ValueError, match="'gif'"):
-        images.encode(np.zeros((4, 4), np.uint8), "gif")
+        images.encode(Image.new("L", (4, 4)), "gif")
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_wide_modes_scale_by_range(mode):
+    arr = (GRAY.astype(np.float32) * (257 if mode == "I" else 1 / 255)).astype(
+        np.int32 if mode == "I" else np.float32
+    )
+    gray = np.asarray(images.to_grayscale(Image.fromarray(arr, mode)))
+    assert np.abs(gray.astype(int) - GRAY.astype(int)).max() <= 1
+
+
+def test_worker_module_imports_no_numpy():
+    """The converter's workers import cxr_tf.convert to find their function: keep it light."""
+    import subprocess
+    import sys
+
+    code = "import sys, cxr_tf.convert; print('numpy' in sys.modules, 'tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
