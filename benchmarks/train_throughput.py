@@ -17,7 +17,8 @@ of `model.fit` steps of `--batch-size` at `--image-size` on this machine's defau
       decode (cached in memory when the split fits, as in training), shuffle, random crop +
       affine + brightness/contrast, 3 channels, batch, prefetch;
 - (b) by the same tensors from memory: `--steps` batches taken from that pipeline up front and
-      served by `tf.data.Dataset.from_tensor_slices` (one element per batch, prefetched).
+      served by `tf.data.Dataset.from_tensor_slices` (one element per batch, prefetched, with
+      the pipeline's `tf.data.Options`).
 
 Each measurement is one `fit` call on a fresh iterator: `--warmup` steps (iterator start,
 prefetch buffers) and then `--steps` timed ones, timed between the ends of the last warm-up step
@@ -341,7 +342,9 @@ def run(
         x = np.stack([b[0] for b in batches])
         y = np.stack([b[1] for b in batches])
         del batches
-        memory = tf.data.Dataset.from_tensor_slices((x, y)).repeat().prefetch(2)
+        # The pipeline's own tf.data options, so that (a) and (b) differ only in the work done.
+        memory = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
+        memory = memory.with_options(pipeline().options()).prefetch(tf.data.AUTOTUNE)
 
         say(f"{steps} batches in memory; tracing/compiling the train step")
         start = time.perf_counter()  # trace / compile the train step

@@ -185,7 +185,7 @@ def _results(tasks: list, workers: int) -> Iterator[tuple[bytes | None, str | No
     # spawn, not fork: the parent has TensorFlow's threads running, which fork does not survive.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        yield from pool.map(_work, tasks, chunksize=4)
+        yield from pool.map(_work, tasks, chunksize=16)
 
 
 class _Serializer:
