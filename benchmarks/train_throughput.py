@@ -4,7 +4,7 @@
         [--image-size 224] [--batch-size 16] [--steps 20] [--warmup 3] [--repeats 2] \
         [--num-images 200] [--stored-size 256] [--data DIR] [--dataset NAME] \
         [--cache auto|yes|no] [--precision auto|float32|mixed_bfloat16|mixed_float16] \
-        [--peak-tflops X] [--seed 0]
+        [--peak-tflops X] [--seed 0] [--pipeline-seconds 3]
 
 Set-up (not timed): unless `--data` names a converted dataset, `--num-images` synthetic pneumonia
 images (`synthetic.write_pneumonia`, the Kaggle archive layout) are written and converted by
@@ -18,7 +18,9 @@ of `model.fit` steps of `--batch-size` at `--image-size` on this machine's defau
       affine + brightness/contrast, 3 channels, batch, prefetch;
 - (b) by the same tensors from memory: `--steps` batches taken from that pipeline up front and
       served by `tf.data.Dataset.from_tensor_slices` (one element per batch, prefetched, with
-      the pipeline's `tf.data.Options`).
+      the pipeline's `tf.data.Options`);
+- (c) after those, the pipeline alone, iterated without training, `--pipeline-seconds` per
+      repeat.
 
 Each measurement is one `fit` call on a fresh iterator: `--warmup` steps (iterator start,
 prefetch buffers) and then `--steps` timed ones, timed between the ends of the last warm-up step
@@ -28,6 +30,10 @@ CPU, where the pipeline and the model share the cores. Next to it comes the rati
 step times over all runs, which short disturbances by other processes move less. Next to each
 rate it prints the CPU time per image of this process and, on Linux, the CPU that other
 processes took meanwhile: on a shared machine the rates are only meaningful when that is near 0.
+CPU time is steadier than wall time there, so it also prints a CPU-share estimate of (a)/(b),
+(b)'s CPU ms/img over (b)'s plus (c)'s: what the ratio would be if the pipeline's work simply
+added to a CPU-bound step. On an accelerator the pipeline must instead keep up on the host:
+(c)/(b), its headroom, should be well above 1.
 
 FLOPs per image are counted from the model's layers: Conv1D/2D/3D and DepthwiseConv2D
 2 x output positions x kernel size (2*H_out*W_out*k*k*C_in*C_out for Conv2D), Dense 2*in*out;
@@ -211,6 +217,26 @@ def _step_timer(keras):
     return StepTimer()
 
 
+def measure_pipeline(ds, *, seconds: float, warmup: int, batch_size: int) -> dict:
+    """The pipeline alone, no training: a fresh iterator, `warmup` batches, then `seconds`."""
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    batches = 0
+    cpu0, start = time.process_time(), time.perf_counter()
+    while batches < 1 or time.perf_counter() - start < seconds:
+        next(it)
+        batches += 1
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    images = batches * batch_size
+    return {
+        "images": images,
+        "seconds": elapsed,
+        "images_per_s": images / elapsed,
+        "cpu_ms_per_image": 1000 * cpu / images,
+    }
+
+
 def measure(model, ds, *, steps: int, warmup: int, batch_size: int, keras) -> dict:
     """One `fit` over a fresh iterator of `ds`: `warmup` untimed steps, then `steps` timed."""
     timer = _step_timer(keras)
@@ -275,13 +301,15 @@ def run(
     precision: str = "auto",
     peak_tflops: float | None = None,
     seed: int | None = 0,
+    pipeline_seconds: float = 3.0,
     verbose: bool = False,
 ) -> dict:
     """Set up data and model, measure (a) and (b); return the figures as a dict.
 
     `backend` is "tensorflow", "jax" or "auto" (`runtime.choose_backend`); it must be chosen
     before Keras is first imported in this process. Rates are images/s; `ratio` is (a)/(b).
-    `verbose` prints progress to stderr.
+    `pipeline_seconds`: how long (c), the pipeline alone, is timed per repeat. `verbose` prints
+    progress to stderr.
     """
     if steps < 1 or warmup < 1 or repeats < 1 or batch_size < 1:
         raise ValueError("steps, warmup, repeats and batch_size must be >= 1")
@@ -363,6 +391,14 @@ def run(
                     f"img/s (fit {runs[v][-1]['fit_seconds']:.1f} s)"
                 )
         load_after = _load()
+        alone = []  # (c): after the training runs, so that they see the machine as it was
+        for _ in range(repeats):
+            alone.append(
+                measure_pipeline(
+                    pipeline(), seconds=pipeline_seconds, warmup=warmup, batch_size=batch_size
+                )
+            )
+        say(f"(c) pipeline alone: {max(m['images_per_s'] for m in alone):.1f} img/s")
     finally:
         if made_tmp:
             shutil.rmtree(base, ignore_errors=True)
@@ -378,6 +414,9 @@ def run(
         peak, peak_source = peak_tflops_for(device["kind"]), "table"
     if peak is None:
         peak_source = None
+    alone_rate = max(m["images_per_s"] for m in alone)
+    alone_cpu = min(m["cpu_ms_per_image"] for m in alone)
+    memory_cpu = min(m["cpu_ms_per_image"] for m in runs["memory"])
     others = [m["other_cores"] for rs in runs.values() for m in rs if m["other_cores"] is not None]
     ratio = rate["pipeline"] / rate["memory"]
     return {
@@ -414,6 +453,12 @@ def run(
         "goal": GOAL,
         "pass": ratio >= GOAL,
         "other_cores": sum(others) / len(others) if others else None,
+        "pipeline_alone": alone,
+        "pipeline_alone_images_per_s": alone_rate,
+        "pipeline_alone_cpu_ms_per_image": alone_cpu,
+        "pipeline_headroom": alone_rate / rate["memory"],
+        # If the pipeline's CPU simply added to the step's (CPU-bound host): (b) / ((b) + (c)).
+        "ratio_by_cpu_share": memory_cpu / (memory_cpu + alone_cpu),
         "forward_gflops_per_image": forward / 1e9,
         "train_gflops_per_image": train_flops / 1e9,
         "achieved_tflops": {v: train_flops * rate[v] / 1e12 for v in VARIANTS},
@@ -483,6 +528,11 @@ def report(r: dict) -> str:
         f"{'PASS' if r['pass'] else 'MISS'}   (by median step time: "
         f"{r['ratio_by_median_step']:.3f}; {r['median_step_seconds']['pipeline']:.3f} s vs "
         f"{r['median_step_seconds']['memory']:.3f} s)",
+        f"  (c) the pipeline alone, no training: {r['pipeline_alone_images_per_s']:.1f} img/s "
+        f"({r['pipeline_headroom']:.1f}x (b)), {r['pipeline_alone_cpu_ms_per_image']:.2f} CPU "
+        "ms/img",
+        f"  CPU-share estimate of (a) / (b), (b) / ((b) + (c)) in CPU ms/img: "
+        f"{r['ratio_by_cpu_share']:.3f}",
         "",
         f"model FLOPs/image: {r['forward_gflops_per_image']:.4g} GFLOPs forward (conv + dense), "
         f"{r['train_gflops_per_image']:.4g} GFLOPs per training step (3x)",
@@ -523,6 +573,7 @@ def main(argv=None) -> dict:
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak, for MFU")
     p.add_argument("--seed", type=int, default=0, help="pipeline seed (default 0, as training)")
+    p.add_argument("--pipeline-seconds", type=float, default=3.0, help="(c) per repeat")
     args = vars(p.parse_args(argv))
     args["cache"] = CACHE[args["cache"]]
     result = run(**args, verbose=True)

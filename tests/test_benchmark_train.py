@@ -57,6 +57,7 @@ def test_run_measures_both_feeds_on_a_tiny_model():
         num_images=40,
         stored_size=64,
         peak_tflops=1.0,
+        pipeline_seconds=0.2,
     )
     assert set(r["images_per_s"]) == set(bench.VARIANTS)
     assert all(rate > 0 for rate in r["images_per_s"].values())
@@ -65,5 +66,7 @@ def test_run_measures_both_feeds_on_a_tiny_model():
     assert r["train_gflops_per_image"] == pytest.approx(3 * r["forward_gflops_per_image"])
     assert r["mfu"]["memory"] > 0 and r["peak_source"] == "--peak-tflops"
     assert r["precision"] == "float32" and r["train_images"] >= 4
+    assert r["pipeline_alone_images_per_s"] > 0 and 0 < r["ratio_by_cpu_share"] <= 1
+    assert len(r["runs"]["pipeline"][0]["step_seconds"]) == 2
     text = bench.report(r)
-    assert "(a) / (b)" in text and "GFLOPs forward" in text and "MFU" in text
+    assert "(a) / (b)" in text and "(c) the pipeline alone" in text and "MFU" in text
