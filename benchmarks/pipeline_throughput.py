@@ -12,7 +12,8 @@ the images of the converted train split, or their full-size source files. It the
 images per second, batches of `--batch-size` at `--image-size` (224x224x3):
 
 - (a)  this pipeline, `make_dataset(..., training=True, cache=False)`: read the shards, decode,
-       shuffle, random crop + affine + brightness/contrast, 3 channels, batch;
+       shuffle, batch, then per batch one resampling (random crop + affine) and
+       brightness/contrast, 3 channels;
 - (a') the same with `cache=True` (the default for a split that fits in memory): decoded images
        are served from memory after the first epoch, which the warm-up covers here;
 - (a-eval) `make_dataset(..., training=False, cache=False)`: resize + center crop, one pass

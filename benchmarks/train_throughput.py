@@ -14,8 +14,8 @@ trace and compile the train step, run untimed. Then it measures, in one process,
 of `model.fit` steps of `--batch-size` at `--image-size` on this machine's default device, fed
 
 - (a) by the real training pipeline, `input_pipeline.make_dataset(..., training=True)`: read,
-      decode (cached in memory when the split fits, as in training), shuffle, random crop +
-      affine + brightness/contrast, 3 channels, batch, prefetch;
+      decode (cached in memory when the split fits, as in training), shuffle, batch, random
+      crop + affine in one resampling, brightness/contrast, 3 channels, prefetch;
 - (b) by the same tensors from memory: `--steps` batches taken from that pipeline up front and
       served by `tf.data.Dataset.from_tensor_slices` (one element per batch, prefetched, with
       the pipeline's `tf.data.Options`);

@@ -181,71 +181,116 @@ def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float = 0.8
     """Deterministic: resize the shorter side to `image_size / crop_fraction`, center crop.
 
     Input uint8 (H, W, 1); output float32 (S, S, 1) in [0, 1]. The exported model applies this
-    same function to the bytes it is sent.
+    same function to the bytes it is sent. The resize is skipped when the stored images already
+    have that shorter side (the converter's default 256 for 224): it would be the identity.
     """
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    hw = tf.shape(image)[:2]
+    shape = tf.cast(hw, tf.float32)
     short = tf.cast(tf.math.ceil(image_size / crop_fraction), tf.float32)
     new_hw = tf.cast(tf.math.round(shape * short / tf.reduce_min(shape)), tf.int32)
     new_hw = tf.maximum(new_hw, image_size)
-    image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, new_hw, antialias=True)
+    image = tf.cast(image, tf.float32) / 255.0
+    image = tf.cond(
+        tf.reduce_all(tf.equal(new_hw, hw)),
+        lambda: image,
+        lambda: tf.image.resize(image, new_hw, antialias=True),
+    )
     top = (new_hw[0] - image_size) // 2
     left = (new_hw[1] - image_size) // 2
     image = image[top : top + image_size, left : left + image_size, :]
     return tf.clip_by_value(tf.ensure_shape(image, [image_size, image_size, 1]), 0.0, 1.0)
 
 
-def _affine(image, seed, image_size: int, aug: Augment):
-    """One resampling for rotation, zoom and translation (three separate warps blur thrice)."""
-    u = tf.random.stateless_uniform([4], seed=seed, minval=-1.0, maxval=1.0)
-    theta = u[0] * aug.rotation_deg * math.pi / 180.0
-    zoom = 1.0 + u[1] * aug.zoom
-    tx, ty = u[2] * aug.translate * image_size, u[3] * aug.translate * image_size
+def _crop_boxes(sizes, u, aug: Augment):
+    """Random crop boxes (top, left, height, width), float (B,), inside each image's `sizes`.
+
+    `u` is (B, 4) uniform in [0, 1): area fraction, log aspect ratio, and the position.
+    """
+    h_img, w_img = sizes[:, 0], sizes[:, 1]
+    lo, hi = aug.crop_scale
+    area = (lo + u[:, 0] * (hi - lo)) * h_img * w_img
+    log_lo, log_hi = math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1])
+    ratio = tf.exp(log_lo + u[:, 1] * (log_hi - log_lo))  # width / height
+    h = tf.minimum(tf.sqrt(area / ratio), h_img)
+    w = tf.minimum(h * ratio, w_img)
+    return u[:, 2] * (h_img - h), u[:, 3] * (w_img - w), h, w
+
+
+def augment_transforms(sizes, seed, image_size: int, aug: Augment) -> tf.Tensor:
+    """Per-image (B, 8) projective transforms, output pixel -> source pixel, that do in ONE
+    resampling what would otherwise take three: the random crop box scaled to S x S, then
+    rotation, zoom and translation about the centre, then the optional horizontal flip.
+
+    `sizes` is float (B, 2), each image's (height, width) in the (padded) batch.
+    """
+    n = tf.shape(sizes)[0]
+    u = tf.random.stateless_uniform(tf.stack([n, 9]), seed=seed)
+    top, left, h, w = _crop_boxes(sizes, u[:, :4], aug)
+    v = 2.0 * u[:, 4:8] - 1.0
+    theta = v[:, 0] * aug.rotation_deg * math.pi / 180.0
+    zoom = 1.0 + v[:, 1] * aug.zoom
+    tx, ty = v[:, 2] * aug.translate * image_size, v[:, 3] * aug.translate * image_size
     c = (image_size - 1) / 2.0
+    # Output (x, y) -> crop coordinates (u, v) = A (x, y) + b: rotation/zoom about the centre.
     a00, a01 = tf.cos(theta) / zoom, -tf.sin(theta) / zoom
     a10, a11 = tf.sin(theta) / zoom, tf.cos(theta) / zoom
-    transform = tf.stack(
-        [a00, a01, c + tx - a00 * c - a01 * c, a10, a11, c + ty - a10 * c - a11 * c, 0.0, 0.0]
+    a02 = c + tx - a00 * c - a01 * c
+    a12 = c + ty - a10 * c - a11 * c
+    if aug.hflip:  # mirror the output: x -> S - 1 - x
+        flip = u[:, 8] < 0.5
+        a02 = tf.where(flip, a02 + a00 * (image_size - 1), a02)
+        a12 = tf.where(flip, a12 + a10 * (image_size - 1), a12)
+        a00, a10 = tf.where(flip, -a00, a00), tf.where(flip, -a10, a10)
+    # Crop coordinates -> source pixels, pixel centres aligned: src = left + (u + .5) sx - .5.
+    sx, sy = w / image_size, h / image_size
+    zero = tf.zeros_like(sx)
+    return tf.stack(
+        [
+            a00 * sx,
+            a01 * sx,
+            left + (a02 + 0.5) * sx - 0.5,
+            a10 * sy,
+            a11 * sy,
+            top + (a12 + 0.5) * sy - 0.5,
+            zero,
+            zero,
+        ],
+        axis=1,
     )
+
+
+def train_transform(images, sizes, seed, image_size: int, aug: Augment) -> tf.Tensor:
+    """Random crop/scale to a square, rotation, translation, zoom, brightness, contrast.
+
+    Works on a whole batch at once (one op each, not one per image): `images` uint8
+    (B, H, W, 1), zero-padded where the images differ in size, `sizes` int (B, 2) their true
+    (height, width), `seed` a stateless seed (2,). Output float32 (B, S, S, 1) in [0, 1]. The
+    geometry is one bilinear resampling (`augment_transforms`); points outside an image read 0,
+    which is what the zero padding holds, so an image comes out as it would alone. Brightness
+    and contrast are one multiply-add.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    transforms = augment_transforms(tf.cast(sizes, tf.float32), seeds[0], image_size, aug)
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=transform[None],
+        images=tf.cast(images, tf.float32),
+        transforms=transforms,
         output_shape=[image_size, image_size],
         fill_value=0.0,
         interpolation="BILINEAR",
-        fill_mode="REFLECT",
+        fill_mode="CONSTANT",
     )
-    return out[0]
-
-
-def train_transform(image, seed, image_size: int, aug: Augment) -> tf.Tensor:
-    """Random crop/scale to a square, rotation, translation, zoom, brightness, contrast.
-
-    Input uint8 (H, W, 1) and a stateless seed (2,); output float32 (S, S, 1) in [0, 1]. Every
-    random draw comes from the per-example seed, so a fixed pipeline seed gives identical batches.
-    """
-    seeds = tf.random.experimental.stateless_split(seed, 6)
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seeds[0],
-        min_object_covered=0.0,
-        aspect_ratio_range=aug.crop_ratio,
-        area_range=aug.crop_scale,
-        max_attempts=20,
-        use_image_if_no_bounding_boxes=True,
-    )
-    image = tf.slice(image, begin, size)
-    image = tf.image.resize(
-        tf.cast(image, tf.float32) / 255.0, [image_size, image_size], antialias=True
-    )
-    image = _affine(image, seeds[1], image_size, aug)
-    if aug.hflip:
-        image = tf.image.stateless_random_flip_left_right(image, seeds[2])
-    if aug.brightness:
-        image = tf.image.stateless_random_brightness(image, aug.brightness, seeds[3])
-    if aug.contrast and aug.contrast != (1.0, 1.0):
-        image = tf.image.stateless_random_contrast(image, *aug.contrast, seed=seeds[4])
-    return tf.clip_by_value(tf.ensure_shape(image, [image_size, image_size, 1]), 0.0, 1.0)
+    n = tf.shape(images)[0]
+    u = tf.random.stateless_uniform(tf.stack([n, 2]), seed=seeds[1])
+    delta = (2.0 * u[:, 0] - 1.0) * aug.brightness
+    lo, hi = aug.contrast if aug.contrast else (1.0, 1.0)
+    factor = lo + u[:, 1] * (hi - lo)
+    # Brightness then contrast about the image mean, as tf.image's two ops, folded into one:
+    # f (x + d) + (1 - f) mean(x + d) = f x + d + (1 - f) mean(x), here on 0..255 values.
+    mean = tf.reduce_mean(out, axis=[1, 2, 3])
+    scale = (factor / 255.0)[:, None, None, None]
+    offset = (delta + (1.0 - factor) * mean / 255.0)[:, None, None, None]
+    out = tf.clip_by_value(out * scale + offset, 0.0, 1.0)
+    return tf.ensure_shape(out, [None, image_size, image_size, 1])
 
 
 # ------------------------------------------------------------------ the pipeline
@@ -355,12 +400,18 @@ def make_dataset(
     else:
         spec[label_key] = tf.io.FixedLenFeature([], tf.int64)
 
+    # Training resamples with plain bilinear weights, which alias when shrinking by much: images
+    # stored far larger than the training size are shrunk (antialiased) once, before the cache.
+    shrink_to = round(1.25 * image_size) if training and info.stored_size > 1.5 * image_size else 0
+
     def parse(record):
         ex = tf.io.parse_single_example(record, spec)
         # Stored images are 1-channel uint8 (the converter wrote them): no conversion needed.
         image = tf.io.decode_image(ex["image"], channels=1, expand_animations=False)
         if with_ids:
             return image, ex[label_key], ex["image_id"], ex["patient_id"]
+        if shrink_to:
+            image = _shrink(image, shrink_to)
         return image, ex[label_key]
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
@@ -377,7 +428,7 @@ def make_dataset(
             return tf.cast(label, tf.float32)
         if label_mode == "categorical":
             return tf.one_hot(label, num_classes, dtype=tf.float32)
-        return tf.cast(label, tf.float32)[None]
+        return tf.cast(label, tf.float32)[..., None]  # (1,) per example, (B, 1) per batch
 
     if not training:
         return _finish(
@@ -419,29 +470,43 @@ def make_dataset(
     else:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
 
-    # 7. Per-example stateless seeds: deterministic augmentation even with parallel maps.
+    # 7. Batch first, then augment whole batches: one op per batch instead of one per image.
+    # Images of different sizes (pneumonia) are zero-padded; each keeps its true size.
+    ds = ds.map(lambda image, label: (image, tf.shape(image)[:2], label))
+    label_shape = [num_classes] if info.task == "multilabel" else []
+    ds = ds.padded_batch(
+        batch, padded_shapes=([None, None, 1], [2], label_shape), drop_remainder=True
+    )
+    # 8. One stateless seed per batch: deterministic augmentation even with parallel maps.
     seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
     ds = tf.data.Dataset.zip((ds, seeds))
     if skip_batches:
-        ds = ds.skip(skip_batches * step_examples)
+        ds = ds.skip(skip_batches * (step_examples // batch))
     weight_table = None
     if balance == "class_weight":
         cw = class_weights(info, split)
         weight_table = tf.constant([cw[i] for i in range(num_classes)], tf.float32)
 
     def train_map(example, seed_pair):
-        image, label = example
-        image = train_transform(image, seed_pair, image_size, aug)
-        if channels == 3:
-            image = tf.repeat(image, 3, axis=-1)
+        images, sizes, label = example
+        images = train_transform(images, sizes, seed_pair, image_size, aug)
+        if channels == 3:  # broadcast writes the copies once; tf.repeat is twice as slow here
+            images = tf.broadcast_to(images, [batch, image_size, image_size, 3])
+        labels = to_label(label)
         if weight_table is not None:
-            return image, to_label(label), tf.gather(weight_table, label)
-        return image, to_label(label)
+            return images, labels, tf.gather(weight_table, label)
+        return images, labels
 
     ds = ds.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
-    # 8. Static shapes for XLA/TPU: full batches only.
-    ds = ds.batch(batch, drop_remainder=True)
     return _finish(ds, deterministic=seed is not None)
+
+
+def _shrink(image, short_side: int):
+    """Antialiased resize of uint8 (H, W, 1) so that its shorter side is `short_side`."""
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.cast(tf.math.round(hw * short_side / tf.reduce_min(hw)), tf.int32)
+    out = tf.image.resize(tf.cast(image, tf.float32), new_hw, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.math.round(out), 0.0, 255.0), tf.uint8)
 
 
 def _maybe_cache(ds, cache: bool):

