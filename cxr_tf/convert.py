@@ -16,7 +16,6 @@ finished shard leaves a marker, so re-running an interrupted command resumes whe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib
 import json
@@ -178,32 +177,54 @@ def _warm() -> None:
     """A no-op task: submitting one per worker starts the workers early."""
 
 
-@contextlib.contextmanager
-def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
-    """`workers` spawned processes, started at once (None for 1: the work then runs inline).
+def _work_many(tasks: list) -> list[tuple[bytes | None, str | None]]:
+    return [_work(t) for t in tasks]
+
+
+def _chunks(tasks: list, workers: int, largest: int = 16) -> list[list]:
+    """Tasks in chunks that shrink towards the end (guided scheduling): large chunks keep the
+    IPC round trips few, small last ones keep a worker from idling while another finishes."""
+    out, i = [], 0
+    while i < len(tasks):
+        size = max(1, min(largest, (len(tasks) - i) // (2 * workers)))
+        out.append(tasks[i : i + size])
+        i += size
+    return out
+
+
+class _Workers:
+    """The conversion's worker processes, started on entering (none for 1: work runs inline).
 
     Starting them before the source is scanned overlaps their start-up (a Python process
     importing Pillow, about 0.25 s of CPU each) with the scan. A process pool executor, not
     multiprocessing.Pool: if a worker dies (out of memory, say), it raises BrokenProcessPool
     instead of waiting forever.
     """
-    if workers <= 1:
-        yield None
-        return
-    # spawn, not fork: the parent has TensorFlow's threads running, which fork does not survive.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        for _ in range(workers):
-            pool.submit(_warm)
-        yield pool
 
+    def __init__(self, count: int):
+        self.count = count
+        self.pool: ProcessPoolExecutor | None = None
 
-def _results(tasks: list, pool) -> Iterator[tuple[bytes | None, str | None]]:
-    """Run `_work` over tasks in order, in `pool`'s processes, or inline when it is None."""
-    if pool is None:
-        yield from map(_work, tasks)
-        return
-    yield from pool.map(_work, tasks, chunksize=16)
+    def __enter__(self) -> _Workers:
+        if self.count > 1:
+            # spawn, not fork: the parent runs TensorFlow's threads, which fork does not survive.
+            ctx = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(self.count, mp_context=ctx)
+            for _ in range(self.count):
+                self.pool.submit(_warm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def results(self, tasks: list) -> Iterator[tuple[bytes | None, str | None]]:
+        """`_work` over `tasks`, results in task order."""
+        if self.pool is None:
+            yield from map(_work, tasks)
+            return
+        for chunk in self.pool.map(_work_many, _chunks(tasks, self.count)):
+            yield from chunk
 
 
 class _Serializer:
@@ -253,14 +274,14 @@ def convert(
             )
         shutil.rmtree(out_dir)
 
-    with _worker_pool(workers) as pool:
+    with _Workers(workers) as running:
         return _convert(
             module,
             dataset,
             source,
             out_dir,
             start=start,
-            pool=pool,
+            workers=running,
             image_size=image_size,
             image_format=image_format,
             val_fraction=val_fraction,
@@ -279,7 +300,7 @@ def _convert(
     out_dir,
     *,
     start,
-    pool,
+    workers,
     image_size,
     image_format,
     val_fraction,
@@ -330,7 +351,7 @@ def _convert(
         features,
         image_size,
         image_format,
-        pool,
+        workers,
         progress,
     )
 
@@ -393,7 +414,7 @@ def _prepare_progress(out_dir: Path, plan_hash: str) -> Path:
 
 
 def _write_shards(
-    shards, dataset, out_dir, progress_dir, features, image_size, image_format, pool, progress
+    shards, dataset, out_dir, progress_dir, features, image_size, image_format, workers, progress
 ):
     """Convert and write `shards` in order; each finished shard gets a marker file."""
     from tqdm.auto import tqdm
@@ -403,7 +424,7 @@ def _write_shards(
     tf = require_tensorflow()
     serialize = _Serializer(features)
     tasks = [(im.path, image_size, image_format) for s in shards for im in s.images]
-    results = _results(tasks, pool)
+    results = workers.results(tasks)
     bar = tqdm(total=len(tasks), unit="img", desc=f"convert {dataset}", disable=not progress)
     with bar:
         for shard in shards:

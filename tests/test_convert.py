@@ -453,3 +453,12 @@ def test_tf_reads_the_image_feature_as_encoded_bytes(pneumonia_out):
     )
     img = Image.open(io.BytesIO(ex["image"].numpy()))
     assert img.format == "JPEG" and img.mode == "L"
+
+
+def test_worker_chunks_cover_the_tasks_in_order_and_shrink_at_the_end():
+    tasks = list(range(300))
+    chunks = convert_mod._chunks(tasks, workers=2)
+    assert [t for c in chunks for t in c] == tasks
+    sizes = [len(c) for c in chunks]
+    assert max(sizes) == 16 and sizes == sorted(sizes, reverse=True) and sizes[-1] == 1
+    assert convert_mod._chunks([], workers=2) == []
