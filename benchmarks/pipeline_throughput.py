@@ -9,15 +9,23 @@ Set-up (not timed): `--num-images` synthetic NIH-style PNGs, `--source-size` squ
 the real ones), written by `synthetic.write_nih14` in the real archive layout, then converted by
 `convert.convert("nih14", ...)` at `--stored-size` (the default 256, JPEG). Every variant reads
 the images of the converted train split, or their full-size source files. It then measures, in
-images per second, batches of `--batch-size` at `--image-size` (224x224x3):
+images per second, batches of `--batch-size` (the table gives each variant's batch shape):
 
-- (a)  this pipeline, `make_dataset(..., training=True, cache=False)`: read the shards, decode,
-       shuffle, batch, then per batch one resampling (random crop + affine) and
-       brightness/contrast, 3 channels;
+- (a)  this pipeline as training uses it, `make_dataset(..., training=True, cache=False,
+       channels=1, augment_in_model=True)`: read the shards, decode, shuffle, a random square
+       of each stored image, batch, floats; the rest of the augmentation (crop/scale, rotation,
+       zoom, translation, brightness, contrast) runs in the model, on the accelerator
+       (`models.RandomAugment`, see `cxr_tf.augment`);
 - (a') the same with `cache=True` (the default for a split that fits in memory): decoded images
        are served from memory after the first epoch, which the warm-up covers here;
-- (a-eval) `make_dataset(..., training=False, cache=False)`: resize + center crop, one pass
-       repeated; images counted by weight, so padding does not count;
+- (a+) (a) followed by `models.RandomAugment` run on this CPU, batch by batch: the whole
+       augmentation's cost where there is no accelerator to take its share;
+- (a-host) all the augmentation in tf.data, `make_dataset(..., training=True, cache=False)`
+       with its defaults (augment_in_model=False, channels=3): per batch one resampling (random
+       crop + affine) and brightness/contrast, for models not built by cxr_tf;
+- (a-eval) `make_dataset(..., training=False, cache=False, channels=1)`: resize (skipped when
+       the stored size already fits) + center crop, one pass repeated; images counted by
+       weight, so padding does not count;
 - (b)  `keras.utils.image_dataset_from_directory` over the source PNGs sorted into class folders
        ('finding', 'no_finding'; hard links): read, decode and resize to 224 in `tf.data`, what
        a typical Keras notebook does (its augmentation runs in the model, so none here);
@@ -63,10 +71,12 @@ from cxr_tf import nih14, synthetic  # noqa: E402
 tf = ip.tf
 
 GOALS = {"a_over_d": 0.60, "a_over_c": 5.0, "a_over_b": 10.0}  # (a) training, cache=False
-VARIANTS = ("a", "a_cached", "a_eval", "b", "c", "d")
+VARIANTS = ("a", "a_cached", "a_plus", "a_host", "a_eval", "b", "c", "d")
 LABELS = {
     "a": "(a)  this pipeline, training, cache=False",
     "a_cached": "(a') this pipeline, training, cache=True",
+    "a_plus": "(a+) (a) + the model's augmentation on CPU",
+    "a_host": "     all augmentation in tf.data, 3 channels",
     "a_eval": "     this pipeline, evaluation, cache=False",
     "b": "(b)  image_dataset_from_directory, PNGs",
     "c": "(c)  full-size PNGs in TFRecords + resize",
@@ -160,7 +170,7 @@ def setup(workdir: Path, num_images: int, source_size: int, stored_size: int) ->
 # ------------------------------------------------------------------ the variants
 
 
-def _pipeline(data, *, training, cache, batch_size, image_size, seed):
+def _pipeline(data, *, training, cache, batch_size, image_size, seed, in_model=True):
     ds = ip.make_dataset(
         data["converted"],
         "train",
@@ -169,9 +179,25 @@ def _pipeline(data, *, training, cache, batch_size, image_size, seed):
         training=training,
         cache=cache,
         seed=seed,
-        channels=3,
+        channels=1 if in_model else 3,
+        augment_in_model=training and in_model,
     )
     return ds if training else ds.repeat()
+
+
+class _ThenModelAugment:
+    """(a+): batches of (a), each then put through `models.RandomAugment` (compiled) here."""
+
+    def __init__(self, ds, image_size: int, seed):
+        from cxr_tf import models  # Keras, with the TensorFlow backend: only this variant
+
+        self.ds = ds
+        layer = models.RandomAugment(image_size, seed=seed)
+        self.fn = tf.function(lambda x: layer(x, training=True))
+
+    def __iter__(self):
+        for images, labels in self.ds:
+            yield self.fn(images), labels
 
 
 def _keras_directory(data, *, batch_size, image_size, seed):
@@ -247,6 +273,11 @@ def _build(variant: str, data: dict, **kw):
         return _pipeline(data, training=True, cache=False, **kw)
     if variant == "a_cached":
         return _pipeline(data, training=True, cache=True, **kw)
+    if variant == "a_plus":
+        ds = _pipeline(data, training=True, cache=False, **kw)
+        return _ThenModelAugment(ds, kw["image_size"], kw["seed"])
+    if variant == "a_host":
+        return _pipeline(data, training=True, cache=False, in_model=False, **kw)
     if variant == "a_eval":
         return _pipeline(data, training=False, cache=False, **kw)
     return {"b": _keras_directory, "c": _keras_io_tpu, "d": _decode_only}[variant](data, **kw)
@@ -307,7 +338,8 @@ def measure(
         elapsed = time.perf_counter() - start
         if (count >= images and elapsed >= min_seconds) or elapsed >= max_seconds:
             break
-        count += _count(next(it), weighted)
+        batch = next(it)
+        count += _count(batch, weighted)
         batches += 1
     seconds = time.perf_counter() - start
     cpu, busy1 = _own_cpu() - cpu0, _machine_busy()
@@ -320,6 +352,7 @@ def measure(
         "cpu_ms_per_image": 1000 * cpu / count,
         "cpu_cores": cpu / seconds,
         "other_cores": None if others is None else others / seconds,
+        "shape": "x".join(str(d) for d in tf.nest.flatten(batch)[0].shape),
         "warmup_batches": done,
         "warmup_seconds": warmup_s,
     }
@@ -400,6 +433,7 @@ def run(
         "images_per_s": rate,
         "cpu_ms_per_image": cpu_ms,
         "epochs": {v: b["images"] / epoch for v, b in best.items()},
+        "shapes": {v: b["shape"] for v, b in best.items()},
         "other_cores": sum(others) / len(others) if others else None,
         "workdir": None if made_tmp else str(base),
     }
@@ -424,17 +458,17 @@ def report(r: dict) -> str:
     lines = [
         f"pipeline throughput: {r['num_images']} synthetic NIH PNGs {r['source_size']}x"
         f"{r['source_size']}, converted at {r['stored_size']}; train split {r['train_images']} "
-        f"images; batches of {r['batch_size']} at {r['image_size']}x{r['image_size']}x3",
+        f"images; batches of {r['batch_size']}, training at {r['image_size']}",
         f"{cores}; TensorFlow {r['tensorflow']}; seed {r['seed']}; set-up "
         f"{r['setup_seconds']:.1f} s (not timed); best of {r['repeats']}, each >= {r['images']} "
         f"images and {r['min_seconds']:g} s, or {r['max_seconds']:g} s",
         "",
-        f"  {'':<44} {'img/s':>7}  {'CPU ms/img':>10}  {'epochs':>6}",
+        f"  {'':<44} {'img/s':>7}  {'CPU ms/img':>10}  {'epochs':>6}  batch",
     ]
     for v, rate in r["images_per_s"].items():
         lines.append(
             f"  {LABELS[v]:<44} {rate:7.1f}  {r['cpu_ms_per_image'][v]:10.2f}  "
-            f"{r['epochs'][v]:6.1f}"
+            f"{r['epochs'][v]:6.1f}  {r['shapes'][v]}"
         )
     lines.append(f"  (every variant repeats the {r['train_images']}-image train split)")
     verdict = {True: "PASS", False: "MISS"}
@@ -449,6 +483,12 @@ def report(r: dict) -> str:
     if ratio_lines:
         lines += ["", *ratio_lines]
     rate = r["images_per_s"]
+    for v, name in (("a_plus", "(a+)"), ("a_host", "all in tf.data")):
+        if v in rate and all(k in rate for k in "bcd"):
+            lines.append(
+                f"  {name}: {rate[v] / rate['d']:.0%} of (d), {rate[v] / rate['c']:.1f}x (c), "
+                f"{rate[v] / rate['b']:.1f}x (b)   (no goal: for comparison)"
+            )
     if "a_cached" in rate and "a" in rate:
         lines.append(f"  (a') / (a) {rate['a_cached'] / rate['a']:5.2f}x  (cache=True vs False)")
     if "a_eval" in rate and "a" in rate:

@@ -4,7 +4,7 @@
         [--image-size 224] [--batch-size 16] [--steps 20] [--warmup 3] [--repeats 2] \
         [--num-images 200] [--stored-size 256] [--data DIR] [--dataset NAME] \
         [--cache auto|yes|no] [--precision auto|float32|mixed_bfloat16|mixed_float16] \
-        [--peak-tflops X] [--seed 0] [--pipeline-seconds 3]
+        [--peak-tflops X] [--seed 0] [--pipeline-seconds 3] [--augment-in model|pipeline]
 
 Set-up (not timed): unless `--data` names a converted dataset, `--num-images` synthetic pneumonia
 images (`synthetic.write_pneumonia`, the Kaggle archive layout) are written and converted by
@@ -13,9 +13,13 @@ random weights) is compiled once with Adam and binary cross-entropy and its firs
 trace and compile the train step, run untimed. Then it measures, in one process, the images/s
 of `model.fit` steps of `--batch-size` at `--image-size` on this machine's default device, fed
 
-- (a) by the real training pipeline, `input_pipeline.make_dataset(..., training=True)`: read,
-      decode (cached in memory when the split fits, as in training), shuffle, batch, random
-      crop + affine in one resampling, brightness/contrast, 3 channels, prefetch;
+- (a) by the real training pipeline, as the trainer sets it up by default:
+      `input_pipeline.make_dataset(..., training=True, channels=1, augment_in_model=True)`:
+      read, decode (cached in memory when the split fits, as in training), shuffle, a random
+      square of each stored image, batch, prefetch; the model starts with `RandomAugment`
+      (crop/scale, rotation, zoom, translation, brightness, contrast; see `cxr_tf.augment`), so
+      that work is part of every step. `--augment-in pipeline` moves it into tf.data instead
+      (`augment_in_model=False`, the model without that layer);
 - (b) by the same tensors from memory: `--steps` batches taken from that pipeline up front and
       served by `tf.data.Dataset.from_tensor_slices` (one element per batch, prefetched, with
       the pipeline's `tf.data.Options`);
@@ -302,6 +306,7 @@ def run(
     peak_tflops: float | None = None,
     seed: int | None = 0,
     pipeline_seconds: float = 3.0,
+    augment_in: str = "model",
     verbose: bool = False,
 ) -> dict:
     """Set up data and model, measure (a) and (b); return the figures as a dict.
@@ -313,6 +318,8 @@ def run(
     """
     if steps < 1 or warmup < 1 or repeats < 1 or batch_size < 1:
         raise ValueError("steps, warmup, repeats and batch_size must be >= 1")
+    if augment_in not in ("model", "pipeline"):
+        raise ValueError(f"augment_in {augment_in!r} is not 'model' or 'pipeline'")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
     backend = choose_backend("auto", backend)
@@ -348,9 +355,12 @@ def run(
 
         keras.mixed_precision.set_global_policy(precision)
         keras.utils.set_random_seed(0)
-        net = models.build_model(model, num_classes=num_outputs, image_size=image_size)
+        in_model = augment_in == "model"
+        build = dict(num_classes=num_outputs, image_size=image_size, channels=1)
+        net = models.build_model(model, **build, augment={} if in_model else None, seed=0)
         net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
-        forward = model_flops(net)
+        # Counted on the same network without the augmentation layer: its input size is fixed.
+        forward = model_flops(models.build_model(model, **build) if in_model else net)
 
         def pipeline():
             return ip.make_dataset(
@@ -360,9 +370,10 @@ def run(
                 image_size=image_size,
                 training=True,
                 seed=seed,
-                channels=3,
+                channels=1,
                 dataset=info.name,
                 cache=cache,
+                augment_in_model=in_model,
             )
 
         # (b): `steps` batches of the pipeline, held in memory, one element per batch.
@@ -435,6 +446,7 @@ def run(
         "warmup": warmup,
         "repeats": repeats,
         "seed": seed,
+        "augment_in": augment_in,
         "cache": cache,
         "dataset": info.name,
         "data": None if made_tmp else str(data_dir),
@@ -490,9 +502,9 @@ def report(r: dict) -> str:
     )
     cache = {None: "auto", True: "yes", False: "no"}[r["cache"]]
     lines = [
-        f"train throughput: {r['model']} at {r['image_size']}x{r['image_size']}x3, batch "
-        f"{r['batch_size']}, {r['precision']}; Keras {r['keras']} on {r['backend']} "
-        f"(TensorFlow {r['tensorflow']} for tf.data)",
+        f"train throughput: {r['model']} at {r['image_size']}x{r['image_size']}x1, batch "
+        f"{r['batch_size']}, {r['precision']}, augmentation in the {r['augment_in']}; Keras "
+        f"{r['keras']} on {r['backend']} (TensorFlow {r['tensorflow']} for tf.data)",
         f"device {device}; load average {_fmt(r['load_before'], '.2f')} before, "
         f"{_fmt(r['load_after'], '.2f')} after the timed runs",
         f"data: {data}; train split {r['train_images']} images; cache {cache}; seed {r['seed']}",
@@ -574,6 +586,9 @@ def main(argv=None) -> dict:
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak, for MFU")
     p.add_argument("--seed", type=int, default=0, help="pipeline seed (default 0, as training)")
     p.add_argument("--pipeline-seconds", type=float, default=3.0, help="(c) per repeat")
+    p.add_argument(
+        "--augment-in", default="model", choices=("model", "pipeline"), help="default model"
+    )
     args = vars(p.parse_args(argv))
     args["cache"] = CACHE[args["cache"]]
     result = run(**args, verbose=True)

@@ -33,13 +33,14 @@ class Config:
     model: str = "densenet121"
     weights: str = "imagenet"
     image_size: int = 224
-    channels: int = 3
+    channels: int = 1  # 1: gray, ImageNet RGB stem kernels summed; 3: gray repeated
     activation: str = "sigmoid"
     dropout: float = 0.0
     batch_size: int = 32
     balance: str = "none"
     oversample_ratio: list | None = None
     augment: dict = field(default_factory=dict)
+    augment_in_model: bool = True  # on the accelerator (see cxr_tf.augment); false: in tf.data
     cache: bool | None = None
     seed: int = 0
     optimizer: str = "adam"
@@ -86,6 +87,13 @@ class Config:
                     f"config stages[{i}]={stage} needs epochs and learning_rate (and optionally "
                     f"train_backbone); unknown keys: {sorted(unknown)}"
                 )
+        from cxr_tf.augment import Augment
+
+        Augment.from_dict(self.augment)  # unknown augment keys fail here, not mid-run
+        if not isinstance(self.augment_in_model, bool):
+            raise ValueError(
+                f"config augment_in_model={self.augment_in_model!r}: use true or false"
+            )
         if (self.activation == "softmax") != (self.loss == "cce"):
             raise ValueError(
                 f"activation={self.activation!r} with loss={self.loss!r}: softmax goes with "

@@ -20,40 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_tf import augment
+from cxr_tf.augment import Augment
 from cxr_tf.convert import find_dataset_dir
 from cxr_tf.deps import require_tensorflow
 
 tf = require_tensorflow()
+tnp = tf.experimental.numpy
 
 BALANCE_MODES = ("none", "class_weight", "oversample", "pos_weight")
 LABEL_MODES = ("binary", "categorical", "multilabel")
 # Decoded splits up to this size are cached in memory (pneumonia at 256 px is ~0.6 GB).
 CACHE_LIMIT_BYTES = 3 * 2**30
 SHUFFLE_BUFFER = 2048
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Ranges of the training transform. Horizontal flip is off: anatomy is not symmetric."""
-
-    crop_scale: tuple[float, float] = (0.70, 1.0)  # area of the random crop, of the image
-    crop_ratio: tuple[float, float] = (0.85, 1.18)  # its aspect ratio
-    rotation_deg: float = 10.0
-    translate: float = 0.05  # of the image size
-    zoom: float = 0.10  # +- scale
-    brightness: float = 0.10  # added, in [0, 1] units
-    contrast: tuple[float, float] = (0.90, 1.10)
-    hflip: bool = False
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> Augment:
-        """Build from a config mapping; unknown keys raise ValueError naming the allowed ones."""
-        values = dict(values or {})
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - allowed)
-        if unknown:
-            raise ValueError(f"unknown augment keys {unknown}; allowed: {sorted(allowed)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 @dataclass
@@ -201,76 +180,19 @@ def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float = 0.8
     return tf.clip_by_value(tf.ensure_shape(image, [image_size, image_size, 1]), 0.0, 1.0)
 
 
-def _crop_boxes(sizes, u, aug: Augment):
-    """Random crop boxes (top, left, height, width), float (B,), inside each image's `sizes`.
-
-    `u` is (B, 4) uniform in [0, 1): area fraction, log aspect ratio, and the position.
-    """
-    h_img, w_img = sizes[:, 0], sizes[:, 1]
-    lo, hi = aug.crop_scale
-    area = (lo + u[:, 0] * (hi - lo)) * h_img * w_img
-    log_lo, log_hi = math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1])
-    ratio = tf.exp(log_lo + u[:, 1] * (log_hi - log_lo))  # width / height
-    h = tf.minimum(tf.sqrt(area / ratio), h_img)
-    w = tf.minimum(h * ratio, w_img)
-    return u[:, 2] * (h_img - h), u[:, 3] * (w_img - w), h, w
-
-
-def augment_transforms(sizes, seed, image_size: int, aug: Augment) -> tf.Tensor:
-    """Per-image (B, 8) projective transforms, output pixel -> source pixel, that do in ONE
-    resampling what would otherwise take three: the random crop box scaled to S x S, then
-    rotation, zoom and translation about the centre, then the optional horizontal flip.
-
-    `sizes` is float (B, 2), each image's (height, width) in the (padded) batch.
-    """
-    n = tf.shape(sizes)[0]
-    u = tf.random.stateless_uniform(tf.stack([n, 9]), seed=seed)
-    top, left, h, w = _crop_boxes(sizes, u[:, :4], aug)
-    v = 2.0 * u[:, 4:8] - 1.0
-    theta = v[:, 0] * aug.rotation_deg * math.pi / 180.0
-    zoom = 1.0 + v[:, 1] * aug.zoom
-    tx, ty = v[:, 2] * aug.translate * image_size, v[:, 3] * aug.translate * image_size
-    c = (image_size - 1) / 2.0
-    # Output (x, y) -> crop coordinates (u, v) = A (x, y) + b: rotation/zoom about the centre.
-    a00, a01 = tf.cos(theta) / zoom, -tf.sin(theta) / zoom
-    a10, a11 = tf.sin(theta) / zoom, tf.cos(theta) / zoom
-    a02 = c + tx - a00 * c - a01 * c
-    a12 = c + ty - a10 * c - a11 * c
-    if aug.hflip:  # mirror the output: x -> S - 1 - x
-        flip = u[:, 8] < 0.5
-        a02 = tf.where(flip, a02 + a00 * (image_size - 1), a02)
-        a12 = tf.where(flip, a12 + a10 * (image_size - 1), a12)
-        a00, a10 = tf.where(flip, -a00, a00), tf.where(flip, -a10, a10)
-    # Crop coordinates -> source pixels, pixel centres aligned: src = left + (u + .5) sx - .5.
-    sx, sy = w / image_size, h / image_size
-    zero = tf.zeros_like(sx)
-    return tf.stack(
-        [
-            a00 * sx,
-            a01 * sx,
-            left + (a02 + 0.5) * sx - 0.5,
-            a10 * sy,
-            a11 * sy,
-            top + (a12 + 0.5) * sy - 0.5,
-            zero,
-            zero,
-        ],
-        axis=1,
-    )
-
-
 def train_transform(images, sizes, seed, image_size: int, aug: Augment) -> tf.Tensor:
     """Random crop/scale to a square, rotation, translation, zoom, brightness, contrast.
 
     Works on a whole batch at once (one op each, not one per image): `images` uint8
     (B, H, W, 1), zero-padded where the images differ in size, `sizes` int (B, 2) their true
     (height, width), `seed` a stateless seed (2,). Output float32 (B, S, S, 1) in [0, 1]. The
-    geometry is one bilinear resampling (`augment_transforms`); points outside an image read 0,
-    which is what the zero padding holds, so an image comes out as it would alone. Brightness
-    and contrast are one multiply-add.
+    geometry is one bilinear resampling (`augment.affine_transforms`); points outside an image
+    read 0, which is what the zero padding holds, so an image comes out as it would alone.
+    Brightness and contrast are one multiply-add (`augment.photometric`).
     """
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    transforms = augment_transforms(tf.cast(sizes, tf.float32), seeds[0], image_size, aug)
+    n = tf.shape(images)[0]
+    u = tf.random.stateless_uniform(tf.stack([n, augment.NUM_UNIFORMS]), seed=seed)
+    transforms = augment.affine_transforms(tf.cast(sizes, tf.float32), u, image_size, aug, tnp)
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(images, tf.float32),
         transforms=transforms,
@@ -279,17 +201,7 @@ def train_transform(images, sizes, seed, image_size: int, aug: Augment) -> tf.Te
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
-    n = tf.shape(images)[0]
-    u = tf.random.stateless_uniform(tf.stack([n, 2]), seed=seeds[1])
-    delta = (2.0 * u[:, 0] - 1.0) * aug.brightness
-    lo, hi = aug.contrast if aug.contrast else (1.0, 1.0)
-    factor = lo + u[:, 1] * (hi - lo)
-    # Brightness then contrast about the image mean, as tf.image's two ops, folded into one:
-    # f (x + d) + (1 - f) mean(x + d) = f x + d + (1 - f) mean(x), here on 0..255 values.
-    mean = tf.reduce_mean(out, axis=[1, 2, 3])
-    scale = (factor / 255.0)[:, None, None, None]
-    offset = (delta + (1.0 - factor) * mean / 255.0)[:, None, None, None]
-    out = tf.clip_by_value(out * scale + offset, 0.0, 1.0)
+    out = augment.photometric(out * (1.0 / 255.0), u[:, 9:], aug, tnp)
     return tf.ensure_shape(out, [None, image_size, image_size, 1])
 
 
@@ -315,6 +227,7 @@ def make_dataset(
     crop_fraction: float = 0.875,
     skip_batches: int = 0,
     with_ids: bool = False,
+    augment_in_model: bool = False,
 ) -> tf.data.Dataset:
     """Batches of `(images, labels[, weights])` from a converted dataset; see the module doc.
 
@@ -339,6 +252,9 @@ def make_dataset(
         the batches an uninterrupted one would, without augmenting the skipped ones).
       with_ids: evaluation only: batches gain `image_id` and `patient_id` strings ("" on padding),
         for per-image reports and patient-level bootstrap.
+      augment_in_model: training only: leave the augmentation to `models.RandomAugment` (on the
+        accelerator). Images then come out as random squares of the stored images, uncropped
+        and unscaled: (B, T, T, C) with T the stored shorter side (see `cxr_tf.augment`).
     """
     info = read_info(data_dir, dataset)
     if split not in info.splits:
@@ -470,6 +386,26 @@ def make_dataset(
     else:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
 
+    weight_table = None
+    if balance == "class_weight":
+        cw = class_weights(info, split)
+        weight_table = tf.constant([cw[i] for i in range(num_classes)], tf.float32)
+
+    def finish_batch(images, label):
+        if channels == 3:  # per batch, tile: one op; tf.repeat is twice as slow here
+            images = tf.tile(images, [1, 1, 1, 3])
+        if weight_table is not None:
+            return images, to_label(label), tf.gather(weight_table, label)
+        return images, to_label(label)
+
+    if augment_in_model:
+        return _finish(
+            _square_tail(
+                ds, shrink_to or info.stored_size, batch, seed, skip_batches * step_examples
+            ).map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE),
+            deterministic=seed is not None,
+        )
+
     # 7. Batch first, then augment whole batches: one op per batch instead of one per image.
     # Images of different sizes (pneumonia) are zero-padded; each keeps its true size.
     ds = ds.map(lambda image, label: (image, tf.shape(image)[:2], label))
@@ -482,23 +418,40 @@ def make_dataset(
     ds = tf.data.Dataset.zip((ds, seeds))
     if skip_batches:
         ds = ds.skip(skip_batches * (step_examples // batch))
-    weight_table = None
-    if balance == "class_weight":
-        cw = class_weights(info, split)
-        weight_table = tf.constant([cw[i] for i in range(num_classes)], tf.float32)
 
     def train_map(example, seed_pair):
         images, sizes, label = example
-        images = train_transform(images, sizes, seed_pair, image_size, aug)
-        if channels == 3:  # broadcast writes the copies once; tf.repeat is twice as slow here
-            images = tf.broadcast_to(images, [batch, image_size, image_size, 3])
-        labels = to_label(label)
-        if weight_table is not None:
-            return images, labels, tf.gather(weight_table, label)
-        return images, labels
+        return finish_batch(train_transform(images, sizes, seed_pair, image_size, aug), label)
 
     ds = ds.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
     return _finish(ds, deterministic=seed is not None)
+
+
+def _square_tail(ds, side: int, batch: int, seed, skip: int):
+    """Training with the augmentation in the model: a random `side` x `side` square of each image
+    (the whole image when it is square), batched, as float32 in [0, 1]. Nothing is resampled."""
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    ds = tf.data.Dataset.zip((ds, seeds))
+    if skip:
+        ds = ds.skip(skip)
+
+    def square(example, seed_pair):
+        image, label = example
+        hw = tf.shape(image)[:2]
+        # The converter stored the shorter side as `side`; anything else is resized to it.
+        image = tf.cond(
+            tf.equal(tf.reduce_min(hw), side), lambda: image, lambda: _shrink(image, side)
+        )
+        hw = tf.shape(image)[:2]
+        u = tf.random.stateless_uniform([2], seed=seed_pair)
+        top = tf.cast(u[0] * tf.cast(hw[0] - side + 1, tf.float32), tf.int32)
+        left = tf.cast(u[1] * tf.cast(hw[1] - side + 1, tf.float32), tf.int32)
+        image = image[top : top + side, left : left + side]
+        return tf.ensure_shape(image, [side, side, 1]), label
+
+    ds = ds.map(square, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
+    # uint8 is batched (a quarter of the bytes), floats are made per batch: one op, not B.
+    return ds.map(lambda images, label: (tf.cast(images, tf.float32) * (1.0 / 255.0), label))
 
 
 def _shrink(image, short_side: int):

@@ -24,6 +24,8 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
+from cxr_tf import augment as aug_lib
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_EPSILON = 1.001e-5  # keras.applications' value: its ImageNet statistics assume it
@@ -85,6 +87,60 @@ class Preprocess(layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="cxr_tf")
+class RandomAugment(layers.Layer):
+    """Training augmentation on the accelerator (see `cxr_tf.augment`); identity otherwise.
+
+    In training, takes `[0, 1]` images of any size T x T (random squares of the stored images,
+    from `make_dataset(..., augment_in_model=True)`) and returns S x S ones: one bilinear
+    resampling (crop, scale, rotation, zoom, translation, flip) and one multiply-add (brightness,
+    contrast) per image, with draws from a seeded generator whose state is saved with the model.
+    In inference the input is already S x S (the evaluation transform) and passes unchanged.
+    """
+
+    def __init__(self, image_size, augment=None, seed=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # resample in float32, also under mixed precision
+        super().__init__(**kwargs)
+        self.image_size = int(image_size)
+        self.augment = (
+            augment if isinstance(augment, aug_lib.Augment) else aug_lib.Augment.from_dict(augment)
+        )
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        s = self.image_size
+        shape = ops.shape(x)
+        u = keras.random.uniform((shape[0], aug_lib.NUM_UNIFORMS), seed=self.seed_generator)
+        size = ops.cast(ops.stack([shape[1], shape[2]]), "float32")
+        sizes = ops.ones((shape[0], 1), "float32") * size[None, :]
+        transforms = aug_lib.affine_transforms(sizes, u, s, self.augment, ops)
+        # affine_transform keeps the input size (T >= S): the S x S result is its top-left part.
+        out = ops.image.affine_transform(
+            x, transforms, interpolation="bilinear", fill_mode="constant", fill_value=0.0
+        )
+        return aug_lib.photometric(out[:, :s, :s, :], u[:, 9:], self.augment, ops)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, None, input_shape[3])
+
+    # Keras saves a layer's weights, not its seed generators: without these two, a run resumed
+    # by BackupAndRestore would draw other augmentations than an uninterrupted one.
+    def save_own_variables(self, store):
+        store["seed_state"] = self.seed_generator.state.numpy()
+
+    def load_own_variables(self, store):
+        if "seed_state" in store:
+            self.seed_generator.state.assign(store["seed_state"])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(image_size=self.image_size, augment=self.augment.to_dict(), seed=self.seed)
+        return config
+
+
 def input_contract(model: keras.Model) -> InputContract:
     """The input contract a cxr_tf model carries in its `preprocess` layer."""
     try:
@@ -143,6 +199,8 @@ def build_model(
     activation: str = "sigmoid",
     dropout: float = 0.0,
     crop_fraction: float = 0.875,
+    augment: aug_lib.Augment | dict | None = None,
+    seed: int | None = None,
 ) -> keras.Model:
     """A DenseNet classifier whose probabilities come out as float32 (also under mixed precision).
 
@@ -153,6 +211,8 @@ def build_model(
       weights: "imagenet" (121/169/201), "none", or a path to a weights file.
       activation: "sigmoid" (binary and multi-label) or "softmax".
       dropout: rate before the classifier.
+      augment: if given, a `RandomAugment` layer first (training only; its input is then any
+        square size, see `make_dataset(..., augment_in_model=True)`), seeded by `seed`.
     """
     if name not in VARIANTS:
         raise ValueError(f"model {name!r} is not one of {sorted(VARIANTS)}")
@@ -165,8 +225,13 @@ def build_model(
     mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
     std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
 
-    inputs = keras.Input((image_size, image_size, channels), name="image")
-    x = Preprocess(image_size, channels, mean, std, crop_fraction, name="preprocess")(inputs)
+    if augment is None:
+        inputs = keras.Input((image_size, image_size, channels), name="image")
+        x = inputs
+    else:
+        inputs = keras.Input((None, None, channels), name="image")
+        x = RandomAugment(image_size, augment, seed, name="augment")(inputs)
+    x = Preprocess(image_size, channels, mean, std, crop_fraction, name="preprocess")(x)
     x = layers.ZeroPadding2D(((3, 3), (3, 3)), name="zero_padding2d")(x)
     x = layers.Conv2D(variant.stem, 7, strides=2, use_bias=False, name="conv1_conv")(x)
     x = _bn("conv1_bn", momentum)(x)
@@ -193,11 +258,11 @@ HEAD_LAYERS = ("head_dropout", "logits", "probabilities")
 
 
 def backbone_layers(model: keras.Model) -> list:
-    """The layers that stage 1 of fine-tuning freezes: all but the input, preprocess and head."""
+    """The layers that stage 1 of fine-tuning freezes: all but input, augment, preprocess, head."""
     return [
         layer
         for layer in model.layers
-        if layer.name not in HEAD_LAYERS + ("preprocess",)
+        if layer.name not in HEAD_LAYERS + ("augment", "preprocess")
         and not isinstance(layer, layers.InputLayer)
     ]
 
@@ -238,7 +303,7 @@ def _keras_application(name: str, weights: str, model: keras.Model) -> keras.Mod
             f"Keras ships no ImageNet weights for {name}; use weights='none', a path to a "
             "weights file, or densenet121/169/201"
         )
-    size = model.input_shape[1]
+    size = input_contract(model).image_size
     try:
         return getattr(keras.applications, app)(
             include_top=False, weights=weights, input_shape=(size, size, 3)

@@ -120,6 +120,7 @@ def _dataset(runtime: Runtime, data_dir, cfg, split: str, training: bool, **kw):
             dataset=cfg.dataset,
             oversample_ratio=cfg.oversample_ratio,
             cache=cfg.cache,
+            augment_in_model=training and cfg.augment_in_model,
             **kw,
         )
 
@@ -206,6 +207,8 @@ def train(
             weights=cfg.weights,
             activation=cfg.activation,
             dropout=cfg.dropout,
+            augment=cfg.augment if cfg.augment_in_model else None,
+            seed=cfg.seed,
         )
     # Written once the config has proved buildable, so a typo never claims the run folder.
     config_lib.save(cfg, workdir / "config.yaml")

@@ -35,7 +35,9 @@ def test_run_reports_every_variant(tmp_path):
     for key in bench.GOALS:
         assert r[key] > 0 and isinstance(r[f"{key}_pass"], bool)
     text = bench.report(r)
-    assert "(a) / (d)" in text and "cores: " in text
+    assert "(a) / (d)" in text and "cores: " in text and "(a+): " in text
+    assert r["shapes"]["a"] == "4x64x64x1" and r["shapes"]["a_plus"] == "4x48x48x1"
+    assert r["shapes"]["a_host"] == "4x48x48x3" and r["shapes"]["d"] == "4x48x48x1"
     # A second run reuses the data written into the work dir.
     again = bench.run(
         num_images=20,

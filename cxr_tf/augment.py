@@ -1,0 +1,114 @@
+"""Training augmentation: its ranges (`Augment`) and the per-image maths, shared by the two places
+that can run it.
+
+- in the model (the trainer's default, config `augment_in_model: true`): the input pipeline
+  (`make_dataset(..., augment_in_model=True)`) only cuts a random square out of each stored
+  image, and `models.RandomAugment`, the model's first layer, does the rest on the accelerator,
+  in training only. Its cost then leaves the host CPU, which on Colab's 2-core GPU machines and
+  on TPU hosts is what decides whether the accelerator waits;
+- in the pipeline (`make_dataset`'s default): `input_pipeline.train_transform` does it all in
+  `tf.data`, for any model.
+
+Either way an image gets one bilinear resampling (random crop to a square, scaled to S, rotated,
+zoomed, translated, optionally mirrored) and one multiply-add (brightness and contrast). The
+maths below takes an `ops` namespace (`tf` or `keras.ops`; both have the functions used), so the
+two places cannot drift apart. Nothing here imports TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+NUM_UNIFORMS = 11  # per image: 4 crop box, 4 affine, 1 flip, 2 photometric
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Ranges of the training transform. Horizontal flip is off: anatomy is not symmetric."""
+
+    crop_scale: tuple[float, float] = (0.70, 1.0)  # area of the random crop, of the image
+    crop_ratio: tuple[float, float] = (0.85, 1.18)  # its aspect ratio
+    rotation_deg: float = 10.0
+    translate: float = 0.05  # of the image size
+    zoom: float = 0.10  # +- scale
+    brightness: float = 0.10  # added, in [0, 1] units
+    contrast: tuple[float, float] = (0.90, 1.10)
+    hflip: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Augment:
+        """Build from a config mapping; unknown keys raise ValueError naming the allowed ones."""
+        values = dict(values or {})
+        allowed = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"unknown augment keys {unknown}; allowed: {sorted(allowed)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+def crop_boxes(sizes, u, aug: Augment, ops):
+    """Random crop boxes (top, left, height, width), each (B,), inside each image's `sizes`.
+
+    `sizes` is float (B, 2), the images' (height, width); `u` (B, 4) uniform in [0, 1): area
+    fraction, log aspect ratio and position.
+    """
+    h_img, w_img = sizes[:, 0], sizes[:, 1]
+    lo, hi = aug.crop_scale
+    area = (lo + u[:, 0] * (hi - lo)) * h_img * w_img
+    log_lo, log_hi = math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1])
+    ratio = ops.exp(log_lo + u[:, 1] * (log_hi - log_lo))  # width / height
+    h = ops.minimum(ops.sqrt(area / ratio), h_img)
+    w = ops.minimum(h * ratio, w_img)
+    return u[:, 2] * (h_img - h), u[:, 3] * (w_img - w), h, w
+
+
+def affine_transforms(sizes, u, image_size: int, aug: Augment, ops):
+    """Per-image (B, 8) projective transforms, output pixel -> source pixel, that do in ONE
+    resampling what would otherwise take three: the random crop box scaled to S x S, then
+    rotation, zoom and translation about the centre, then the optional horizontal flip.
+
+    `sizes` float (B, 2) as in `crop_boxes`; `u` (B, NUM_UNIFORMS) uniform in [0, 1). The
+    transforms are in the layout of `tf.raw_ops.ImageProjectiveTransformV3` and
+    `keras.ops.image.affine_transform` (which agree, pixel centres included).
+    """
+    top, left, h, w = crop_boxes(sizes, u[:, :4], aug, ops)
+    v = 2.0 * u[:, 4:8] - 1.0
+    theta = v[:, 0] * (aug.rotation_deg * math.pi / 180.0)
+    zoom = 1.0 + v[:, 1] * aug.zoom
+    tx, ty = v[:, 2] * (aug.translate * image_size), v[:, 3] * (aug.translate * image_size)
+    c = (image_size - 1) / 2.0
+    # Output (x, y) -> crop coordinates A (x, y) + b: rotation and zoom about the centre.
+    a00, a01 = ops.cos(theta) / zoom, -ops.sin(theta) / zoom
+    a10, a11 = ops.sin(theta) / zoom, ops.cos(theta) / zoom
+    a02 = c + tx - a00 * c - a01 * c
+    a12 = c + ty - a10 * c - a11 * c
+    if aug.hflip:  # mirror the output, x -> S - 1 - x, for half of the images
+        flip = u[:, 8] < 0.5
+        a02 = ops.where(flip, a02 + a00 * (image_size - 1), a02)
+        a12 = ops.where(flip, a12 + a10 * (image_size - 1), a12)
+        a00, a10 = ops.where(flip, -a00, a00), ops.where(flip, -a10, a10)
+    # Crop coordinates -> source pixels, pixel centres aligned: src = left + (u + .5) sx - .5.
+    sx, sy = w / image_size, h / image_size
+    zero = ops.zeros_like(sx)
+    rows = [a00 * sx, a01 * sx, left + (a02 + 0.5) * sx - 0.5]
+    rows += [a10 * sy, a11 * sy, top + (a12 + 0.5) * sy - 0.5, zero, zero]
+    return ops.stack(rows, axis=1)
+
+
+def photometric(images, u, aug: Augment, ops):
+    """Brightness, then contrast about the image mean, as one multiply-add on [0, 1] images.
+
+    f (x + d) + (1 - f) mean(x + d) = f x + d + (1 - f) mean(x); then clipped to [0, 1].
+    `images` (B, H, W, C) float, `u` (B, 2) uniform in [0, 1).
+    """
+    delta = (2.0 * u[:, 0] - 1.0) * aug.brightness
+    lo, hi = aug.contrast if aug.contrast else (1.0, 1.0)
+    factor = lo + u[:, 1] * (hi - lo)
+    mean = ops.mean(images, axis=(1, 2, 3))
+    scale = ops.reshape(factor, (-1, 1, 1, 1))
+    offset = ops.reshape(delta + (1.0 - factor) * mean, (-1, 1, 1, 1))
+    return ops.clip(images * scale + offset, 0.0, 1.0)
