@@ -392,6 +392,8 @@ def make_dataset(
         weight_table = tf.constant([cw[i] for i in range(num_classes)], tf.float32)
 
     def finish_batch(images, label):
+        if images.dtype == tf.uint8:  # random squares: floats made per batch, one op, not B
+            images = tf.cast(images, tf.float32) * (1.0 / 255.0)
         if channels == 3:  # per batch, tile: one op; tf.repeat is twice as slow here
             images = tf.tile(images, [1, 1, 1, 3])
         if weight_table is not None:
@@ -428,8 +430,8 @@ def make_dataset(
 
 
 def _square_tail(ds, side: int, batch: int, seed, skip: int):
-    """Training with the augmentation in the model: a random `side` x `side` square of each image
-    (the whole image when it is square), batched, as float32 in [0, 1]. Nothing is resampled."""
+    """Training with the augmentation in the model: a random `side` x `side` square of each
+    image (the whole image when it is square), batched, still uint8. Nothing is resampled."""
     seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
     ds = tf.data.Dataset.zip((ds, seeds))
     if skip:
@@ -437,21 +439,17 @@ def _square_tail(ds, side: int, batch: int, seed, skip: int):
 
     def square(example, seed_pair):
         image, label = example
+        # The converter stored the shorter side as `side` (or `_shrink` made it so).
         hw = tf.shape(image)[:2]
-        # The converter stored the shorter side as `side`; anything else is resized to it.
-        image = tf.cond(
-            tf.equal(tf.reduce_min(hw), side), lambda: image, lambda: _shrink(image, side)
+        tf.debugging.assert_equal(
+            tf.reduce_min(hw), side, message=f"a stored image's shorter side is not {side}"
         )
-        hw = tf.shape(image)[:2]
         u = tf.random.stateless_uniform([2], seed=seed_pair)
         top = tf.cast(u[0] * tf.cast(hw[0] - side + 1, tf.float32), tf.int32)
         left = tf.cast(u[1] * tf.cast(hw[1] - side + 1, tf.float32), tf.int32)
-        image = image[top : top + side, left : left + side]
-        return tf.ensure_shape(image, [side, side, 1]), label
+        return tf.ensure_shape(image[top : top + side, left : left + side], [side, side, 1]), label
 
-    ds = ds.map(square, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
-    # uint8 is batched (a quarter of the bytes), floats are made per batch: one op, not B.
-    return ds.map(lambda images, label: (tf.cast(images, tf.float32) * (1.0 / 255.0), label))
+    return ds.map(square, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
 
 
 def _shrink(image, short_side: int):

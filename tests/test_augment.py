@@ -98,3 +98,11 @@ def test_pipeline_squares_for_the_model(pneumonia_data):
     np.testing.assert_array_equal(images.numpy(), again[0].numpy())
     small = ip.make_dataset(pneumonia_data, "train", image_size=24, **kw)
     assert small.element_spec[0].shape.as_list() == [4, 30, 30, 1]  # round(1.25 * 24)
+
+
+def test_squares_refuse_an_image_of_another_size():
+    images = tf.data.Dataset.from_tensors((tf.zeros([20, 30, 1], tf.uint8), tf.constant(0)))
+    ok = next(iter(ip._square_tail(images, 20, 1, 0, 0)))
+    assert ok[0].shape == (1, 20, 20, 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shorter side is not 25"):
+        next(iter(ip._square_tail(images, 25, 1, 0, 0)))
