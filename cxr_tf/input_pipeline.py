@@ -320,7 +320,15 @@ def make_dataset(
     # stored far larger than the training size are shrunk (antialiased) once, before the cache.
     shrink_to = round(1.25 * image_size) if training and info.stored_size > 1.5 * image_size else 0
 
-    def parse(record):
+    if cache is None:
+        n = info.num_examples(split)
+        cache = n * info.stored_size**2 * 1.4 / num_pipelines <= CACHE_LIMIT_BYTES
+    # With the augmentation in the model, the pipeline cuts a random square of each image; with
+    # nothing cached, right after decoding, in the same map (one tf.data stage fewer).
+    square = (shrink_to or info.stored_size) if training and augment_in_model else 0
+    square_now = square and not cache
+
+    def parse(record, seed_pair=None):
         ex = tf.io.parse_single_example(record, spec)
         # Stored images are 1-channel uint8 (the converter wrote them): no conversion needed.
         image = tf.io.decode_image(ex["image"], channels=1, expand_animations=False)
@@ -328,12 +336,13 @@ def make_dataset(
             return image, ex[label_key], ex["image_id"], ex["patient_id"]
         if shrink_to:
             image = _shrink(image, shrink_to)
+        if square_now:
+            image = _random_square(image, seed_pair, square)
         return image, ex[label_key]
 
+    if square_now:
+        ds = tf.data.Dataset.zip((ds, _seeds(seed)))
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache is None:
-        n = info.num_examples(split)
-        cache = n * info.stored_size**2 * 1.4 / num_pipelines <= CACHE_LIMIT_BYTES
     # 5. Cache decoded uint8 so later epochs skip reading and decoding (per class stream when
     # oversampling: two iterators must not fill one cache).
     if cache and not (training and balance == "oversample"):
@@ -401,12 +410,18 @@ def make_dataset(
         return images, to_label(label)
 
     if augment_in_model:
-        return _finish(
-            _square_tail(
-                ds, shrink_to or info.stored_size, batch, seed, skip_batches * step_examples
-            ).map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE),
-            deterministic=seed is not None,
-        )
+        if not square_now:  # cached: a fresh square every epoch, so cut after the cache
+            ds = tf.data.Dataset.zip((ds, _seeds(seed)))
+            ds = ds.map(
+                lambda ex, seed_pair: (_random_square(ex[0], seed_pair, square), ex[1]),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        if skip_batches:
+            ds = ds.skip(skip_batches * step_examples)
+        # uint8 is batched (a quarter of the bytes); floats are made per batch in finish_batch.
+        ds = ds.batch(batch, drop_remainder=True)
+        ds = ds.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        return _finish(ds, deterministic=seed is not None)
 
     # 7. Batch first, then augment whole batches: one op per batch instead of one per image.
     # Images of different sizes (pneumonia) are zero-padded; each keeps its true size.
@@ -416,8 +431,7 @@ def make_dataset(
         batch, padded_shapes=([None, None, 1], [2], label_shape), drop_remainder=True
     )
     # 8. One stateless seed per batch: deterministic augmentation even with parallel maps.
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-    ds = tf.data.Dataset.zip((ds, seeds))
+    ds = tf.data.Dataset.zip((ds, _seeds(seed)))
     if skip_batches:
         ds = ds.skip(skip_batches * (step_examples // batch))
 
@@ -429,27 +443,23 @@ def make_dataset(
     return _finish(ds, deterministic=seed is not None)
 
 
-def _square_tail(ds, side: int, batch: int, seed, skip: int):
-    """Training with the augmentation in the model: a random `side` x `side` square of each
-    image (the whole image when it is square), batched, still uint8. Nothing is resampled."""
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-    ds = tf.data.Dataset.zip((ds, seeds))
-    if skip:
-        ds = ds.skip(skip)
+def _seeds(seed):
+    """A stream of stateless seeds (2,), one per element it is zipped with."""
+    return tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
 
-    def square(example, seed_pair):
-        image, label = example
-        # The converter stored the shorter side as `side` (or `_shrink` made it so).
-        hw = tf.shape(image)[:2]
-        tf.debugging.assert_equal(
-            tf.reduce_min(hw), side, message=f"a stored image's shorter side is not {side}"
-        )
-        u = tf.random.stateless_uniform([2], seed=seed_pair)
-        top = tf.cast(u[0] * tf.cast(hw[0] - side + 1, tf.float32), tf.int32)
-        left = tf.cast(u[1] * tf.cast(hw[1] - side + 1, tf.float32), tf.int32)
-        return tf.ensure_shape(image[top : top + side, left : left + side], [side, side, 1]), label
 
-    return ds.map(square, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
+def _random_square(image, seed_pair, side: int):
+    """A random `side` x `side` window of uint8 (H, W, 1) whose shorter side is `side`; the
+    whole image when it is square. Nothing is resampled: the model's `RandomAugment` does that.
+    """
+    hw = tf.shape(image)[:2]
+    tf.debugging.assert_equal(
+        tf.reduce_min(hw), side, message=f"a stored image's shorter side is not {side}"
+    )
+    u = tf.random.stateless_uniform([2], seed=seed_pair)
+    top = tf.cast(u[0] * tf.cast(hw[0] - side + 1, tf.float32), tf.int32)
+    left = tf.cast(u[1] * tf.cast(hw[1] - side + 1, tf.float32), tf.int32)
+    return tf.ensure_shape(image[top : top + side, left : left + side], [side, side, 1])
 
 
 def _shrink(image, short_side: int):

@@ -98,11 +98,22 @@ def test_pipeline_squares_for_the_model(pneumonia_data):
     np.testing.assert_array_equal(images.numpy(), again[0].numpy())
     small = ip.make_dataset(pneumonia_data, "train", image_size=24, **kw)
     assert small.element_spec[0].shape.as_list() == [4, 30, 30, 1]  # round(1.25 * 24)
+    # Uncached, the squares are cut in the decoding map: as repeatable for a seed.
+    uncached = [
+        next(iter(ip.make_dataset(pneumonia_data, "train", image_size=48, cache=False, **kw)))
+        for _ in range(2)
+    ]
+    assert uncached[0][0].shape == (4, 64, 64, 1)
+    np.testing.assert_array_equal(uncached[0][0].numpy(), uncached[1][0].numpy())
 
 
 def test_squares_refuse_an_image_of_another_size():
-    images = tf.data.Dataset.from_tensors((tf.zeros([20, 30, 1], tf.uint8), tf.constant(0)))
-    ok = next(iter(ip._square_tail(images, 20, 1, 0, 0)))
-    assert ok[0].shape == (1, 20, 20, 1)
+    image, seed = tf.zeros([20, 30, 1], tf.uint8), tf.constant([1, 2], tf.int64)
+    assert ip._random_square(image, seed, 20).shape == (20, 20, 1)
     with pytest.raises(tf.errors.InvalidArgumentError, match="shorter side is not 25"):
-        next(iter(ip._square_tail(images, 25, 1, 0, 0)))
+        ip._random_square(image, seed, 25)
+    graph = tf.data.Dataset.from_tensors((image, seed)).map(
+        lambda i, s: ip._random_square(i, s, 25)
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shorter side is not 25"):
+        next(iter(graph))
