@@ -208,7 +208,8 @@ def build_model(
       name: a key of `VARIANTS`.
       num_classes: outputs; 1 for binary with sigmoid, 14 for nih14, 2 for softmax pneumonia.
       image_size, channels: the input contract (channels 3 repeats grayscale for ImageNet).
-      weights: "imagenet" (121/169/201), "none", or a path to a weights file.
+      weights: "imagenet" (Keras', 121/169/201), "torchvision" (converted from torchvision's,
+        all four; see `cxr_tf.torchvision_weights`), "none", or a path to a weights file.
       activation: "sigmoid" (binary and multi-label) or "softmax".
       dropout: rate before the classifier.
       augment: if given, a `RandomAugment` layer first (training only; its input is then any
@@ -275,12 +276,19 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
 
 
 def load_weights(model: keras.Model, name: str, weights: str | None) -> None:
-    """Load `weights` ("imagenet", "none"/None, or a path) into a model built by `build_model`."""
+    """Load `weights` ("imagenet", "torchvision", "none"/None, or a path) into a model built by
+    `build_model`; "torchvision" converts torchvision's ImageNet weights once (needs PyTorch)."""
     if weights in (None, "none"):
         return
     if weights == "imagenet":
         reference = _keras_application(name, "imagenet", model)
         _copy_by_name(reference, model)
+        return
+    if weights == "torchvision":  # torchvision's ImageNet weights, converted once (161 too)
+        from cxr_tf import torchvision_weights
+
+        path = torchvision_weights.cached(name)
+        _copy_by_name(keras.models.load_model(path, compile=False), model)
         return
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -300,8 +308,8 @@ def _keras_application(name: str, weights: str, model: keras.Model) -> keras.Mod
     app = VARIANTS[name].keras_app
     if app is None:
         raise ValueError(
-            f"Keras ships no ImageNet weights for {name}; use weights='none', a path to a "
-            "weights file, or densenet121/169/201"
+            f"Keras ships no ImageNet weights for {name}; use weights='torchvision' (converts "
+            "torchvision's, needs PyTorch), a path to a weights file, or 'none'"
         )
     size = input_contract(model).image_size
     try:

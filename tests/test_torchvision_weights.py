@@ -1,0 +1,114 @@
+"""cxr_tf.torchvision_weights against torchvision's own DenseNet (fixtures made with torchvision
+0.28: the key list of densenet161, and a tiny DenseNet's weights, input and features)."""
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from cxr_tf import models
+from cxr_tf import torchvision_weights as tvw
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_torchvision_densenet_gives_the_same_features_here():
+    """Same architecture (growth 8, blocks 2-2-2, 16-filter stem = densenet_tiny), trained-like
+    BatchNorm statistics: the converted Keras model reproduces torchvision's pooled features."""
+    npz = np.load(DATA / "torchvision_densenet_tiny.npz")
+    state = {k[len("state/") :]: npz[k] for k in npz.files if k.startswith("state/")}
+    model = models.build_model("densenet_tiny", num_classes=1, image_size=40, channels=3)
+    assert tvw.load_state_dict(state, model) == 1 + 1 + 1 + 3 * 2 * 4 + 2 * 2
+    backbone = keras.Model(model.input, model.get_layer("avg_pool").output)
+    ours = np.asarray(backbone(npz["image"], training=False))
+    np.testing.assert_allclose(ours, npz["features"], rtol=1e-4, atol=1e-4)
+    assert np.abs(npz["features"]).max() > 0.1  # not a trivially small output
+
+
+def test_every_densenet161_weight_of_torchvision_has_its_place():
+    rng = np.random.default_rng(0)
+    state = {}
+    for line in (DATA / "torchvision_densenet161_keys.txt").read_text().splitlines():
+        key, *shape = line.split()
+        state[key] = rng.standard_normal([int(s) for s in shape]).astype(np.float32)
+    model = models.build_model("densenet161", num_classes=1, image_size=64)
+    filled = tvw.load_state_dict(state, model)
+    assert filled == 1 + 1 + 1 + (6 + 12 + 36 + 24) * 4 + 3 * 2
+    np.testing.assert_array_equal(
+        model.get_layer("conv1_conv").kernel, state["features.conv0.weight"].transpose(2, 3, 1, 0)
+    )
+    gamma, beta, mean, var = model.get_layer("conv4_block36_1_bn").get_weights()
+    np.testing.assert_array_equal(var, state["features.denseblock3.denselayer36.norm2.running_var"])
+    np.testing.assert_array_equal(beta, state["features.denseblock3.denselayer36.norm2.bias"])
+    one = models.build_model("densenet161", num_classes=1, image_size=64, channels=1)
+    tvw.load_state_dict(state, one)
+    np.testing.assert_allclose(
+        one.get_layer("conv1_conv").kernel[:, :, 0],
+        state["features.conv0.weight"].sum(axis=1).transpose(1, 2, 0),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_old_torchvision_names_and_what_has_no_counterpart():
+    assert tvw.keras_target("features.denseblock1.denselayer1.norm.1.weight") == (
+        "conv2_block1_0_bn",
+        0,
+    )
+    assert tvw.keras_target("features.denseblock4.denselayer2.conv.2.weight") == (
+        "conv5_block2_2_conv",
+        0,
+    )
+    assert tvw.keras_target("features.transition3.norm.running_var") == ("pool4_bn", 3)
+    assert tvw.keras_target("classifier.weight") is None
+    assert tvw.keras_target("features.norm5.num_batches_tracked") is None
+
+
+def test_a_wrong_variant_and_missing_torch_are_clear(monkeypatch, tmp_path, capsys):
+    npz = np.load(DATA / "torchvision_densenet_tiny.npz")
+    state = {k[len("state/") :]: npz[k] for k in npz.files if k.startswith("state/")}
+    with pytest.raises(ValueError, match="same DenseNet variant"):
+        tvw.load_state_dict(state, models.build_model("densenet121", num_classes=1, image_size=32))
+    with pytest.raises(ValueError, match="must end in .keras"):
+        tvw.convert("densenet161", tmp_path / "w.h5")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    assert tvw.main(["densenet161", "--out", str(tmp_path / "w.keras")]) == 2
+    assert "needs PyTorch: pip install torch torchvision" in capsys.readouterr().err
+
+
+def test_the_converted_file_loads_as_training_weights(monkeypatch, tmp_path):
+    """convert() writes a backbone .keras that `weights=PATH` (what --set weights= does) loads."""
+    npz = np.load(DATA / "torchvision_densenet_tiny.npz")
+    state = {k[len("state/") :]: npz[k] for k in npz.files if k.startswith("state/")}
+    monkeypatch.setattr(tvw, "torchvision_state_dict", lambda name, path=None: state)
+    out = tvw.convert("densenet_tiny", tmp_path / "tv.keras", image_size=40)
+    model = models.build_model(
+        "densenet_tiny", num_classes=2, image_size=40, channels=3, weights=str(out)
+    )
+    backbone = keras.Model(model.input, model.get_layer("avg_pool").output)
+    np.testing.assert_allclose(
+        np.asarray(backbone(npz["image"], training=False)), npz["features"], rtol=1e-4, atol=1e-4
+    )
+
+
+def test_weights_torchvision_converts_once_into_the_keras_cache(monkeypatch, tmp_path):
+    npz = np.load(DATA / "torchvision_densenet_tiny.npz")
+    state = {k[len("state/") :]: npz[k] for k in npz.files if k.startswith("state/")}
+    calls = []
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(
+        tvw, "torchvision_state_dict", lambda name, path=None: calls.append(name) or state
+    )
+    for _ in range(2):
+        model = models.build_model(
+            "densenet_tiny", num_classes=1, image_size=40, channels=3, weights="torchvision"
+        )
+        backbone = keras.Model(model.input, model.get_layer("avg_pool").output)
+        np.testing.assert_allclose(
+            np.asarray(backbone(npz["image"], training=False)), npz["features"], atol=1e-4
+        )
+    assert calls == ["densenet_tiny"]  # the second build read the cached file
+    assert (tmp_path / "models" / "densenet_tiny_torchvision.keras").is_file()
+    assert not list((tmp_path / "models").glob("*.tmp.keras"))
