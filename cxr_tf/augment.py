@@ -46,6 +46,19 @@ class Augment:
             raise ValueError(f"unknown augment keys {unknown}; allowed: {sorted(allowed)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
+    @classmethod
+    def none(cls) -> Augment:
+        """Ranges that change nothing: the whole image, scaled to S, as it is."""
+        return cls(
+            crop_scale=(1.0, 1.0),
+            crop_ratio=(1.0, 1.0),
+            rotation_deg=0.0,
+            translate=0.0,
+            zoom=0.0,
+            brightness=0.0,
+            contrast=(1.0, 1.0),
+        )
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 

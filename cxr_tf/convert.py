@@ -274,113 +274,78 @@ def convert(
             )
         shutil.rmtree(out_dir)
 
-    with _Workers(workers) as running:
-        return _convert(
-            module,
+    # The workers start now, while the source is scanned (see _Workers).
+    with _Workers(workers) as pool:
+        scan = module.scan(source)
+        found = scan.images
+        if limit is not None and limit < len(found):
+            import numpy as np
+
+            keep = np.sort(np.random.default_rng(seed).choice(len(found), limit, replace=False))
+            found = [found[i] for i in keep]
+            scan.notes.append(f"--limit {limit}: converted a seeded sample of {limit} images")
+        splits, split_notes = module.assign_splits(
+            found, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+        )
+        notes = scan.notes + split_notes
+        shards = plan_shards(
+            splits, seed=seed, image_size=image_size, image_format=image_format, shard_mb=shard_mb
+        )
+        settings = {
+            "image_size": image_size,
+            "image_format": image_format,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "limit": limit,
+        }
+        progress_dir = _prepare_progress(out_dir, _plan_hash(dataset, shards, settings))
+
+        features = module.features(image_format)
+        done = {
+            s.file_name(dataset)
+            for s in shards
+            if (progress_dir / f"{s.file_name(dataset)}.json").is_file()
+        }
+        pending = [s for s in shards if s.file_name(dataset) not in done]
+        _write_shards(
+            pending,
             dataset,
-            source,
             out_dir,
-            start=start,
-            workers=running,
-            image_size=image_size,
-            image_format=image_format,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            limit=limit,
-            shard_mb=shard_mb,
-            progress=progress,
+            progress_dir,
+            features,
+            image_size,
+            image_format,
+            pool,
+            progress,
         )
 
-
-def _convert(
-    module,
-    dataset,
-    source,
-    out_dir,
-    *,
-    start,
-    workers,
-    image_size,
-    image_format,
-    val_fraction,
-    test_fraction,
-    seed,
-    limit,
-    shard_mb,
-    progress,
-) -> ConversionResult:
-    """`convert` once the arguments are checked and the workers are starting."""
-    scan = module.scan(source)
-    found = scan.images
-    if limit is not None and limit < len(found):
-        import numpy as np
-
-        keep = np.sort(np.random.default_rng(seed).choice(len(found), limit, replace=False))
-        found = [found[i] for i in keep]
-        scan.notes.append(f"--limit {limit}: converted a seeded sample of {limit} images")
-    splits, split_notes = module.assign_splits(
-        found, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
-    )
-    notes = scan.notes + split_notes
-    shards = plan_shards(
-        splits, seed=seed, image_size=image_size, image_format=image_format, shard_mb=shard_mb
-    )
-    settings = {
-        "image_size": image_size,
-        "image_format": image_format,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "seed": seed,
-        "limit": limit,
-    }
-    progress_dir = _prepare_progress(out_dir, _plan_hash(dataset, shards, settings))
-
-    features = module.features(image_format)
-    done = {
-        s.file_name(dataset)
-        for s in shards
-        if (progress_dir / f"{s.file_name(dataset)}.json").is_file()
-    }
-    pending = [s for s in shards if s.file_name(dataset) not in done]
-    _write_shards(
-        pending,
-        dataset,
-        out_dir,
-        progress_dir,
-        features,
-        image_size,
-        image_format,
-        workers,
-        progress,
-    )
-
-    markers = {
-        s.file_name(dataset): json.loads(
-            (progress_dir / f"{s.file_name(dataset)}.json").read_text()
+        markers = {
+            s.file_name(dataset): json.loads(
+                (progress_dir / f"{s.file_name(dataset)}.json").read_text()
+            )
+            for s in shards
+        }
+        skipped = scan.skipped + [x for m in markers.values() for x in m["skipped"]]
+        counts = {split: {} for split in SPLITS}
+        examples_per_split = {split: 0 for split in SPLITS}
+        for shard in shards:
+            m = markers[shard.file_name(dataset)]
+            examples_per_split[shard.split] += m["num_examples"]
+            for k, v in m["class_counts"].items():
+                counts[shard.split][k] = counts[shard.split].get(k, 0) + v
+        result = ConversionResult(
+            dataset_dir=out_dir,
+            counts=counts,
+            skipped=skipped,
+            notes=notes,
+            seconds=time.perf_counter() - start,
+            resumed_shards=len(done),
+            examples_per_split=examples_per_split,
         )
-        for s in shards
-    }
-    skipped = scan.skipped + [x for m in markers.values() for x in m["skipped"]]
-    counts = {split: {} for split in SPLITS}
-    examples_per_split = {split: 0 for split in SPLITS}
-    for shard in shards:
-        m = markers[shard.file_name(dataset)]
-        examples_per_split[shard.split] += m["num_examples"]
-        for k, v in m["class_counts"].items():
-            counts[shard.split][k] = counts[shard.split].get(k, 0) + v
-    result = ConversionResult(
-        dataset_dir=out_dir,
-        counts=counts,
-        skipped=skipped,
-        notes=notes,
-        seconds=time.perf_counter() - start,
-        resumed_shards=len(done),
-        examples_per_split=examples_per_split,
-    )
-    _write_metadata(module, out_dir, features, shards, markers, result, settings, str(source))
-    shutil.rmtree(progress_dir, ignore_errors=True)
-    return result
+        _write_metadata(module, out_dir, features, shards, markers, result, settings, str(source))
+        shutil.rmtree(progress_dir, ignore_errors=True)
+        return result
 
 
 def _check_args(dataset, image_size, image_format, val_fraction, test_fraction, limit):

@@ -9,15 +9,7 @@ from cxr_tf import augment as aug_lib
 from cxr_tf import input_pipeline as ip
 from cxr_tf import models
 
-NO_AUG = aug_lib.Augment(
-    crop_scale=(1.0, 1.0),
-    crop_ratio=(1.0, 1.0),
-    rotation_deg=0.0,
-    translate=0.0,
-    zoom=0.0,
-    brightness=0.0,
-    contrast=(1.0, 1.0),
-)
+NO_AUG = aug_lib.Augment.none()
 
 
 def test_the_model_layer_and_the_pipeline_apply_the_same_transform():

@@ -10,15 +10,7 @@ import tensorflow_datasets as tfds
 from cxr_tf import input_pipeline as ip
 from cxr_tf import synthetic
 
-NO_AUG = ip.Augment(
-    crop_scale=(1.0, 1.0),
-    crop_ratio=(1.0, 1.0),
-    rotation_deg=0.0,
-    translate=0.0,
-    zoom=0.0,
-    brightness=0.0,
-    contrast=(1.0, 1.0),
-)
+NO_AUG = ip.Augment.none()
 
 
 def _ctx(pipeline_id, n=2):
