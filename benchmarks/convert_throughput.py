@@ -41,6 +41,9 @@ from pathlib import Path
 
 # Keep the imports light: spawned workers import this file again as `__mp_main__`, so anything
 # beyond what `cxr_tf.convert` imports anyway would be charged to the N-worker run.
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common.py
+from _common import machine_busy, usable_cores  # noqa: E402
+
 from cxr_tf import convert as convert_mod
 from cxr_tf import images
 
@@ -63,33 +66,17 @@ def _source(workdir: Path, num_images: int, source_size: int) -> Path:
     return root
 
 
-def _cores() -> int:
-    """CPUs this process may use (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _own_cpu() -> float:
     """CPU seconds of this process and its finished children (the spawned workers)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _machine_busy() -> float | None:
-    """Busy CPU seconds of the whole machine since boot (steal included), or None off Linux."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def _timed(fn, *args):
     """(fn(*args), {"wall": s, "cpu": our CPU s, "others": other processes' CPU s or None})."""
-    busy0, cpu0, start = _machine_busy(), _own_cpu(), time.perf_counter()
+    busy0, cpu0, start = machine_busy(), _own_cpu(), time.perf_counter()
     value = fn(*args)
-    wall, cpu, busy1 = time.perf_counter() - start, _own_cpu() - cpu0, _machine_busy()
+    wall, cpu, busy1 = time.perf_counter() - start, _own_cpu() - cpu0, machine_busy()
     others = None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - cpu)
     return value, {"wall": wall, "cpu": cpu, "others": others}
 
@@ -127,7 +114,7 @@ def run(
     keep: bool = False,
 ) -> dict:
     """Measure floor, 1-worker and N-worker throughput; return the figures as a dict."""
-    cores = _cores()
+    cores = usable_cores()
     workers = workers or cores
     made_tmp = workdir is None
     base = Path(tempfile.mkdtemp(prefix="cxr_convert_bench_") if made_tmp else workdir)

@@ -64,6 +64,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common.py
+from _common import machine_busy, usable_cores  # noqa: E402
+
 from cxr_tf import convert as convert_mod  # noqa: E402
 from cxr_tf import input_pipeline as ip  # noqa: E402
 from cxr_tf import nih14, synthetic  # noqa: E402
@@ -286,25 +289,9 @@ def _build(variant: str, data: dict, **kw):
 # ------------------------------------------------------------------ measuring
 
 
-def _cores() -> int:
-    """CPUs this process may use (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _own_cpu() -> float:
     """CPU seconds of this process, all its threads (tf.data's included)."""
     return time.process_time()
-
-
-def _machine_busy() -> float | None:
-    """Busy CPU seconds of the whole machine since boot, or None off Linux."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _count(batch, weighted: bool) -> int:
@@ -333,7 +320,7 @@ def measure(
         done += 1
     warmup_s = time.perf_counter() - start
     count = batches = 0
-    busy0, cpu0, start = _machine_busy(), _own_cpu(), time.perf_counter()
+    busy0, cpu0, start = machine_busy(), _own_cpu(), time.perf_counter()
     while True:
         elapsed = time.perf_counter() - start
         if (count >= images and elapsed >= min_seconds) or elapsed >= max_seconds:
@@ -342,7 +329,7 @@ def measure(
         count += _count(batch, weighted)
         batches += 1
     seconds = time.perf_counter() - start
-    cpu, busy1 = _own_cpu() - cpu0, _machine_busy()
+    cpu, busy1 = _own_cpu() - cpu0, machine_busy()
     others = None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - cpu)
     return {
         "images": count,
@@ -414,7 +401,7 @@ def run(
     cpu_ms = {v: min(m["cpu_ms_per_image"] for m in rs) for v, rs in runs.items()}
     others = [m["other_cores"] for rs in runs.values() for m in rs if m["other_cores"] is not None]
     r = {
-        "cores": _cores(),
+        "cores": usable_cores(),
         "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__,
         "num_images": num_images,

@@ -68,6 +68,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common.py
+from _common import machine_busy, usable_cores  # noqa: E402
+
 # Only the runtime module here: importing TensorFlow imports Keras, whose backend is chosen first.
 from cxr_tf.runtime import choose_backend  # noqa: E402
 
@@ -132,12 +135,6 @@ def model_flops(model) -> int:
 # ------------------------------------------------------------------ machine
 
 
-def _cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -148,15 +145,6 @@ def _cpu_name() -> str:
     import platform
 
     return platform.processor() or "CPU"
-
-
-def _machine_busy() -> float | None:
-    """Busy CPU seconds of the whole machine since boot, or None off Linux."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _load() -> float | None:
@@ -216,7 +204,7 @@ def _step_timer(keras):
             self.marks = {}
 
         def on_train_batch_end(self, batch, logs=None):
-            self.marks[batch] = (time.perf_counter(), time.process_time(), _machine_busy())
+            self.marks[batch] = (time.perf_counter(), time.process_time(), machine_busy())
 
     return StepTimer()
 
@@ -437,7 +425,7 @@ def run(
         "platform": device["platform"],
         "device_kind": device["kind"],
         "device_count": device["count"],
-        "cores": _cores(),
+        "cores": usable_cores(),
         "precision": precision,
         "model": model,
         "image_size": image_size,

@@ -1,0 +1,24 @@
+"""What the benchmark scripts share: the cores they may use, and the machine's busy CPU time
+(to tell how much other processes took during a measurement). Standard library only, so that
+the conversion benchmark's spawned workers stay light."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def usable_cores() -> int:
+    """CPUs this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def machine_busy() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (steal included), or None off Linux."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
