@@ -156,6 +156,30 @@ def test_labels_stay_attached_in_training_and_evaluation(pneumonia_data, nih14_d
     assert agree / total >= 0.9, f"{agree}/{total}"
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_labels_stay_attached_to_the_squares_for_the_model(pneumonia_data, cache):
+    """augment_in_model: squares cut after the cache, or in the decoding map when uncached."""
+    ds = ip.make_dataset(
+        pneumonia_data,
+        "train",
+        global_batch_size=16,
+        image_size=64,
+        training=True,
+        channels=1,
+        seed=2,
+        balance="oversample",
+        cache=cache,
+        augment_in_model=True,
+    )
+    agree = total = 0
+    for images, labels in ds.take(8):
+        for img, lab in zip(images, labels, strict=True):
+            score = synthetic.pneumonia_signal(_to_uint8(img))
+            agree += (score > synthetic.PNEUMONIA_SIGNAL_THRESHOLD) == bool(lab[0])
+            total += 1
+    assert agree / total >= 0.9, f"{agree}/{total}"
+
+
 @pytest.mark.parametrize("ratio, expected", [(None, 0.5), ([1.0, 3.0], 0.75)])
 def test_oversample_reaches_the_target_ratio(pneumonia_data, ratio, expected):
     info = ip.read_info(pneumonia_data)
