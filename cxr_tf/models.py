@@ -113,7 +113,7 @@ class RandomAugment(layers.Layer):
             return x
         s = self.image_size
         shape = ops.shape(x)
-        u = keras.random.uniform((shape[0], aug_lib.NUM_UNIFORMS), seed=self.seed_generator)
+        u = self._uniforms(shape[0])
         size = ops.cast(ops.stack([shape[1], shape[2]]), "float32")
         sizes = ops.ones((shape[0], 1), "float32") * size[None, :]
         transforms = aug_lib.affine_transforms(sizes, u, s, self.augment, ops)
@@ -122,6 +122,22 @@ class RandomAugment(layers.Layer):
             x, transforms, interpolation="bilinear", fill_mode="constant", fill_value=0.0
         )
         return aug_lib.photometric(out[:, :s, :s, :], u[:, 9:], self.augment, ops)
+
+    def _uniforms(self, n):
+        """(n, NUM_UNIFORMS) draws for this replica's images. Under tf.distribute every replica
+        holds the same generator state, so each draws for all replicas and keeps its own rows;
+        otherwise replicas would give their images the same transforms, position by position.
+        (JAX's DataParallel runs one program over the global batch: nothing to do there.)"""
+        replicas, replica = 1, 0
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                replicas = context.num_replicas_in_sync
+                replica = context.replica_id_in_sync_group
+        u = keras.random.uniform((n * replicas, aug_lib.NUM_UNIFORMS), seed=self.seed_generator)
+        return u if replicas == 1 else u[replica * n : (replica + 1) * n]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], None, None, input_shape[3])

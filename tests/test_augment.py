@@ -109,3 +109,19 @@ def test_squares_refuse_an_image_of_another_size():
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match="shorter side is not 25"):
         next(iter(graph))
+
+
+def test_replicas_draw_different_augmentations():
+    """Under MirroredStrategy (two logical CPUs, see conftest) the same images on two replicas
+    get different transforms."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        layer = models.RandomAugment(24, seed=5)
+    x = np.random.default_rng(3).uniform(size=(2, 32, 32, 1)).astype(np.float32)
+
+    @tf.function
+    def step():
+        return strategy.run(lambda: layer(tf.constant(x), training=True))
+
+    a, b = (np.asarray(t) for t in strategy.experimental_local_results(step()))
+    assert a.shape == (2, 24, 24, 1) and not np.allclose(a, b)
