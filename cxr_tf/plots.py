@@ -117,6 +117,7 @@ def gallery(model, data_dir, split, info, preds, names, thresholds, path, count=
         channels=1,
         crop_fraction=c.crop_fraction,
         dataset=info.name,
+        cache=False,  # one batch is read: a cache would be left half-filled (TF warns)
     )
     images, _, weights = next(ds.as_numpy_iterator())
     n = int(min(count, (weights > 0).sum(), len(preds.probs)))
