@@ -118,7 +118,9 @@ def per_class(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     sens = tp / (tp + fn) if tp + fn else None
     prec = tp / (tp + fp) if tp + fp else None
     return {
-        "auroc": _safe(skm.roc_auc_score, y, p),
+        # Undefined with one class only (recent scikit-learn returns nan and warns, older ones
+        # raise): None, so that macro means skip it.
+        "auroc": _safe(skm.roc_auc_score, y, p) if y.any() and not y.all() else None,
         "average_precision": _safe(skm.average_precision_score, y, p) if y.any() else None,
         "sensitivity": sens,
         "specificity": tn / (tn + fp) if tn + fp else None,

@@ -91,3 +91,17 @@ def test_thresholds_file_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a cxr_tf thresholds file"):
         metrics.load_thresholds(tmp_path / "bad.json")
+
+
+def test_a_class_without_positives_leaves_the_macro_auroc_defined():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((20, 2), np.float32)
+    labels[:10, 0] = 1  # class 0 has both; class 1 has no positive example
+    probs = rng.uniform(size=(20, 2)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no UndefinedMetricWarning either
+        r = metrics.summarize(probs, labels, [0.5, 0.5], ["a", "b"])
+    assert r["classes"]["b"]["auroc"] is None
+    assert r["macro"]["auroc"] == pytest.approx(r["classes"]["a"]["auroc"])
