@@ -356,25 +356,18 @@ def make_dataset(
         return tf.cast(label, tf.float32)[..., None]  # (1,) per example, (B, 1) per batch
 
     if not training:
-        return _finish(
-            _eval_tail(
-                ds,
-                info,
-                split,
-                batch,
-                step_examples,
-                num_pipelines,
-                pipeline_id,
-                image_size,
-                channels,
-                crop_fraction,
-                to_label,
-                num_classes,
-                label_mode,
-                with_ids,
-            ),
-            deterministic=True,
-        )
+
+        def eval_map(image, label, *ids):
+            image = eval_transform(image, image_size, crop_fraction)
+            if channels == 3:
+                image = tf.tile(image, [1, 1, 3])
+            return (image, to_label(label), tf.constant(1.0), *ids)
+
+        # Weight-0 padding up to a number of full batches that is the same on every pipeline.
+        steps = eval_steps(info, split, global_batch_size, num_pipelines)
+        pad = steps * step_examples - _pipeline_counts(info, split, num_pipelines)[pipeline_id]
+        ds = _padded(ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE), pad)
+        return _finish(ds.batch(batch, drop_remainder=True), deterministic=True)
 
     # 6. Shuffle and repeat (or per-class streams) before augmenting, so every repeat of an
     # image gets a fresh random transform.
@@ -474,43 +467,10 @@ def _maybe_cache(ds, cache: bool):
     return ds.cache() if cache else ds
 
 
-def _eval_tail(
-    ds,
-    info,
-    split,
-    batch,
-    step_examples,
-    num_pipelines,
-    pipeline_id,
-    image_size,
-    channels,
-    crop_fraction,
-    to_label,
-    num_classes,
-    label_mode,
-    with_ids,
-):
-    """Evaluation: deterministic transform, weight 1, then weight-0 padding up to a number of
-    full batches that is the same on every pipeline."""
-    counts = _pipeline_counts(info, split, num_pipelines)
-    steps = max(1, math.ceil(max(counts) / step_examples))
-    pad = steps * step_examples - counts[pipeline_id]
-
-    def eval_map(image, label, *ids):
-        image = eval_transform(image, image_size, crop_fraction)
-        if channels == 3:
-            image = tf.repeat(image, 3, axis=-1)
-        return (image, to_label(label), tf.constant(1.0), *ids)
-
-    ds = ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE)
-    label_shape = [num_classes] if label_mode in ("multilabel", "categorical") else [1]
-    filler = (
-        tf.zeros([image_size, image_size, channels]),
-        tf.zeros(label_shape),
-        tf.constant(0.0),
-    ) + ((tf.constant(""), tf.constant("")) if with_ids else ())
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(pad))
-    return ds.batch(batch, drop_remainder=True)
+def _padded(ds, count: int):
+    """`ds`, then `count` all-zero elements (weight 0, empty ids): padding that counts nothing."""
+    filler = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+    return ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(count))
 
 
 def _finish(ds, *, deterministic: bool):

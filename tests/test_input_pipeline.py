@@ -105,6 +105,22 @@ def test_training_batches_have_static_shapes_and_labels(pneumonia_data, nih14_da
     assert one_hot.element_spec[1].shape.as_list() == [4, 2]
 
 
+OVERSAMPLED_64 = dict(
+    global_batch_size=16, image_size=64, training=True, channels=1, balance="oversample"
+)
+
+
+def _assert_pneumonia_labels_attached(ds, batches: int = 8):
+    """The synthetic opacity is found where the label says, in >= 90% of training images."""
+    agree = total = 0
+    for images, labels in ds.take(batches):
+        for img, lab in zip(images, labels, strict=True):
+            score = synthetic.pneumonia_signal(_to_uint8(img))
+            agree += (score > synthetic.PNEUMONIA_SIGNAL_THRESHOLD) == bool(lab[0])
+            total += 1
+    assert agree / total >= 0.9, f"{agree}/{total}"
+
+
 def test_labels_stay_attached_in_training_and_evaluation(pneumonia_data, nih14_data):
     # evaluation transform: center crop keeps the lung fields
     agree = total = 0
@@ -136,48 +152,17 @@ def test_labels_stay_attached_in_training_and_evaluation(pneumonia_data, nih14_d
             agree += int((found == (lab.numpy() > 0.5)).all())
             total += 1
     assert agree / total >= 0.9, f"{agree}/{total}"
-    ds = ip.make_dataset(
-        pneumonia_data,
-        "train",
-        global_batch_size=16,
-        image_size=64,
-        training=True,
-        augment=NO_AUG,
-        channels=1,
-        seed=1,
-        balance="oversample",
-    )
-    agree = total = 0
-    for images, labels in ds.take(8):
-        for img, lab in zip(images, labels, strict=True):
-            score = synthetic.pneumonia_signal(_to_uint8(img))
-            agree += (score > synthetic.PNEUMONIA_SIGNAL_THRESHOLD) == bool(lab[0])
-            total += 1
-    assert agree / total >= 0.9, f"{agree}/{total}"
+    ds = ip.make_dataset(pneumonia_data, "train", augment=NO_AUG, seed=1, **OVERSAMPLED_64)
+    _assert_pneumonia_labels_attached(ds)
 
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_labels_stay_attached_to_the_squares_for_the_model(pneumonia_data, cache):
     """augment_in_model: squares cut after the cache, or in the decoding map when uncached."""
     ds = ip.make_dataset(
-        pneumonia_data,
-        "train",
-        global_batch_size=16,
-        image_size=64,
-        training=True,
-        channels=1,
-        seed=2,
-        balance="oversample",
-        cache=cache,
-        augment_in_model=True,
+        pneumonia_data, "train", seed=2, cache=cache, augment_in_model=True, **OVERSAMPLED_64
     )
-    agree = total = 0
-    for images, labels in ds.take(8):
-        for img, lab in zip(images, labels, strict=True):
-            score = synthetic.pneumonia_signal(_to_uint8(img))
-            agree += (score > synthetic.PNEUMONIA_SIGNAL_THRESHOLD) == bool(lab[0])
-            total += 1
-    assert agree / total >= 0.9, f"{agree}/{total}"
+    _assert_pneumonia_labels_attached(ds)
 
 
 @pytest.mark.parametrize("ratio, expected", [(None, 0.5), ([1.0, 3.0], 0.75)])
