@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_tf import images as image_ops
+from cxr_tf.cli import fail
 from cxr_tf.sources import SPLITS, SourceError, SourceImage
 
 VERSION = "1.0.0"
@@ -507,8 +508,7 @@ def main(argv=None) -> int:
             shard_mb=args.shard_mb,
         )
     except (ValueError, SourceError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(result.summary())
     return 0
 

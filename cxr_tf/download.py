@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from cxr_tf.cli import fail
 
 KAGGLE_INPUT = Path("/kaggle/input")
 COMPLETE = ".download_complete"
@@ -137,8 +138,7 @@ def main(argv=None) -> int:
     try:
         path = download(args.dataset, args.out)
     except (DownloadError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(
         f"Raw {args.dataset} data: {path}\nNext: python -m cxr_tf.convert {args.dataset} "
         f"--source {path} --out tfrecords"

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from cxr_tf import metrics
+from cxr_tf.cli import fail
 
 
 def resolve_model(path) -> Path:
@@ -189,8 +189,7 @@ def main(argv=None) -> int:
             bootstrap=args.bootstrap,
         )
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(format_summary(r))
     return 0
 

@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cxr_tf.cli import fail
+
 MODEL_ASSET = "model.keras"
 LABELS_ASSET = "labels.json"
 
@@ -141,8 +143,7 @@ def main(argv=None) -> int:
     try:
         out = export_model(args.model, args.out, thresholds_file=args.thresholds)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(f"Exported {args.model} -> {out} (serving_default: encoded image bytes -> probabilities)")
     return 0
 

@@ -15,11 +15,12 @@ import argparse
 import io
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from cxr_tf.cli import fail
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm"}
 
@@ -239,11 +240,9 @@ def main(argv=None) -> int:
         predictor = Predictor(args.model)
         results = predict_files(predictor, args.images, top_k=args.top_k, gradcam_dir=args.gradcam)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     if not results:
-        print(f"error: no image files in {args.images}", file=sys.stderr)
-        return 2
+        return fail(f"no image files in {args.images}")
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:

@@ -21,11 +21,14 @@ torchvision's own forward pass.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from cxr_tf.cli import fail
 
 _BN = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
 _RULES = [  # torchvision name (without the parameter) -> our layer name
@@ -166,8 +169,6 @@ def cached(name: str) -> Path:
     What `weights: torchvision` in a config loads: `$KERAS_HOME/models/{name}_torchvision.keras`
     (KERAS_HOME defaults to ~/.keras), made once from torchvision's download.
     """
-    import os
-
     path = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
     path = path / "models" / f"{name}_torchvision.keras"
     if not path.is_file():
@@ -187,8 +188,7 @@ def main(argv=None) -> int:
     try:
         out = convert(args.model, args.out, args.path)
     except (RuntimeError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(f"wrote {out}; train with --set weights={out}")
     return 0
 

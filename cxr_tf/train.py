@@ -9,9 +9,9 @@ interruption resumes the run.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from cxr_tf import config as config_lib
+from cxr_tf.cli import fail
 from cxr_tf.runtime import BACKENDS, STRATEGIES, RuntimeErrorWithHint, choose_backend
 
 
@@ -67,8 +67,7 @@ def main(argv=None) -> int:
             tpu=args.tpu,
         )
     except (ValueError, FileNotFoundError, RuntimeErrorWithHint) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(
         f"Done: best {summary['monitor']} {summary['best']}, validation mean AUROC "
         f"{summary['val_auroc_mean']}; run folder {summary['workdir']}"
