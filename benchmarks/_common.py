@@ -22,3 +22,15 @@ def machine_busy() -> float | None:
     except (OSError, ValueError):
         return None
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def load_lines(others: float | None, cores: int, consequence: str, detail: str = "") -> list[str]:
+    """The report's last word on the machine: the cores other processes took during the timed
+    runs (`machine_busy` minus our CPU), and a warning naming `consequence` when that is over a
+    tenth of the cores. Nothing off Linux (`others` None)."""
+    if others is None:
+        return []
+    lines = [f"other processes used {others:.2f} cores on average during the timed runs{detail}"]
+    if others > 0.1 * cores:
+        lines.append(f"  WARNING: busy machine; {consequence}")
+    return lines

@@ -42,7 +42,7 @@ from pathlib import Path
 # Keep the imports light: spawned workers import this file again as `__mp_main__`, so anything
 # beyond what `cxr_tf.convert` imports anyway would be charged to the N-worker run.
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common.py
-from _common import machine_busy, usable_cores  # noqa: E402
+from _common import load_lines, machine_busy, usable_cores  # noqa: E402
 
 from cxr_tf import convert as convert_mod
 from cxr_tf import images
@@ -231,12 +231,12 @@ def report(r: dict) -> str:
         f"{_duration(r['nih_full_core_seconds'])} of one core (divide by the cores you have)",
     ]
     if others is not None:
-        lines.append(
-            f"other processes used {others:.2f} cores on average during the timed runs "
-            f"({r['n_workers_other_load_cores']:.2f} during the best {n}-worker run)"
+        lines += load_lines(
+            others,
+            r["cores"],
+            "these rates, the N-worker one most, are too low",
+            f" ({r['n_workers_other_load_cores']:.2f} during the best {n}-worker run)",
         )
-        if others > 0.1 * r["cores"]:
-            lines.append("  WARNING: busy machine; these rates, the N-worker one most, are too low")
     if r["workdir"]:
         lines.append(f"kept {r['workdir']}")
     return "\n".join(lines)

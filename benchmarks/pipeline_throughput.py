@@ -65,7 +65,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common.py
-from _common import machine_busy, usable_cores  # noqa: E402
+from _common import load_lines, machine_busy, usable_cores  # noqa: E402
 
 from cxr_tf import convert as convert_mod  # noqa: E402
 from cxr_tf import input_pipeline as ip  # noqa: E402
@@ -86,6 +86,11 @@ LABELS = {
     "d": "(d)  decode-only ceiling, stored images",
 }
 WARMUP_BATCHES = 3
+# What (c) and (d) parse: the full-size records (written like the converter's) and the shards.
+_NIH_SPEC = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "labels": tf.io.FixedLenFeature([len(nih14.LABELS)], tf.int64),
+}
 WARMUP_SECONDS = 1.0
 _DONE = ".complete"  # hidden marker of a finished set-up step, so a --workdir can be reused
 _FULLSIZE_SHARDS = 4
@@ -222,13 +227,9 @@ def _keras_directory(data, *, batch_size, image_size, seed):
 
 def _keras_io_tpu(data, *, batch_size, image_size, seed):
     """As in the keras.io example: decode the stored full-size image, cast, resize per step."""
-    spec = {
-        "image": tf.io.FixedLenFeature([], tf.string),
-        "labels": tf.io.FixedLenFeature([len(nih14.LABELS)], tf.int64),
-    }
 
     def read(record):
-        ex = tf.io.parse_single_example(record, spec)
+        ex = tf.io.parse_single_example(record, _NIH_SPEC)
         image = tf.io.decode_image(ex["image"], channels=3, expand_animations=False)
         image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size])
         return image, ex["labels"]
@@ -244,13 +245,9 @@ def _keras_io_tpu(data, *, batch_size, image_size, seed):
 def _decode_only(data, *, batch_size, image_size, seed):
     """The converted shards read, parsed and decoded, then a fixed crop: no resize, no floats."""
     files = ip.read_info(data["converted"], "nih14").files("train")
-    spec = {
-        "image": tf.io.FixedLenFeature([], tf.string),
-        "labels": tf.io.FixedLenFeature([len(nih14.LABELS)], tf.int64),
-    }
 
     def read(record):
-        ex = tf.io.parse_single_example(record, spec)
+        ex = tf.io.parse_single_example(record, _NIH_SPEC)
         image = tf.io.decode_image(ex["image"], channels=1, expand_animations=False)
         image = tf.ensure_shape(image[:image_size, :image_size], [image_size, image_size, 1])
         return image, ex["labels"]
@@ -263,12 +260,7 @@ def _decode_only(data, *, batch_size, image_size, seed):
         deterministic=False,
     )
     ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=True)
-    options = tf.data.Options()  # as in input_pipeline._finish
-    options.autotune.enabled = True
-    options.deterministic = False
-    options.threading.max_intra_op_parallelism = 1
-    options.experimental_optimization.map_parallelization = True
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return ip._finish(ds, deterministic=False)  # the pipeline's own options and prefetch
 
 
 def _build(variant: str, data: dict, **kw):
@@ -480,12 +472,7 @@ def report(r: dict) -> str:
         lines.append(f"  (a') / (a) {rate['a_cached'] / rate['a']:5.2f}x  (cache=True vs False)")
     if "a_eval" in rate and "a" in rate:
         lines.append(f"  eval / (a) {rate['a_eval'] / rate['a']:5.2f}x  (evaluation vs training)")
-    if r["other_cores"] is not None:
-        lines.append(
-            f"other processes used {r['other_cores']:.2f} cores on average during the timed runs"
-        )
-        if r["other_cores"] > 0.1 * r["cores"]:
-            lines.append("  WARNING: busy machine; rates are too low, CPU ms/img less affected")
+    lines += load_lines(r["other_cores"], r["cores"], "rates are too low, CPU ms/img less affected")
     if r["workdir"]:
         lines.append(f"data kept in {r['workdir']}")
     return "\n".join(lines)

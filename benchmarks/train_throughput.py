@@ -69,7 +69,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common.py
-from _common import machine_busy, usable_cores  # noqa: E402
+from _common import load_lines, machine_busy, usable_cores  # noqa: E402
 
 # Only the runtime module here: importing TensorFlow imports Keras, whose backend is chosen first.
 from cxr_tf.runtime import choose_backend  # noqa: E402
@@ -546,12 +546,7 @@ def report(r: dict) -> str:
         lines.append("MFU: not reported on CPU (no known peak); give --peak-tflops X to get it")
     else:
         lines.append(f"MFU: no peak known for {r['device_kind']!r}; give --peak-tflops X to get it")
-    if r["other_cores"] is not None:
-        lines.append(
-            f"other processes used {r['other_cores']:.2f} cores on average during the timed runs"
-        )
-        if r["other_cores"] > 0.1 * r["cores"]:
-            lines.append("  WARNING: busy machine; the rates and their ratio are disturbed")
+    lines += load_lines(r["other_cores"], r["cores"], "the rates and their ratio are disturbed")
     return "\n".join(lines)
 
 
