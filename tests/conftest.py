@@ -4,7 +4,9 @@ The logical devices must be configured before TensorFlow initialises its runtime
 here, at import, once for the whole session.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,3 +67,17 @@ def trained_run(pneumonia_data, tmp_path_factory):
     demo = Path(__file__).resolve().parents[1] / "training" / "demo.yaml"
     run(demo, data=pneumonia_data, workdir=workdir, strategy="cpu", verbose=0)
     return workdir
+
+
+@pytest.fixture
+def load_benchmark():
+    """Import a script of benchmarks/ by name: they are scripts, not a package."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

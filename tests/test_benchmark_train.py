@@ -1,23 +1,11 @@
 """Smoke test of benchmarks/train_throughput.py: a tiny model for a few steps, both feeds."""
 
-import importlib.util
-from pathlib import Path
-
 import keras
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("train_throughput", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_model_flops_counts_convolutions_and_dense_layers():
-    bench = _module()
+def test_model_flops_counts_convolutions_and_dense_layers(load_benchmark):
+    bench = load_benchmark("train_throughput")
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 8x8 out
     x = keras.layers.BatchNormalization()(x)  # not counted
@@ -40,12 +28,12 @@ def test_model_flops_counts_convolutions_and_dense_layers():
         ("cpu", None),
     ],
 )
-def test_peak_table(kind, peak):
-    assert _module().peak_tflops_for(kind) == peak
+def test_peak_table(kind, peak, load_benchmark):
+    assert load_benchmark("train_throughput").peak_tflops_for(kind) == peak
 
 
-def test_run_measures_both_feeds_on_a_tiny_model():
-    bench = _module()
+def test_run_measures_both_feeds_on_a_tiny_model(load_benchmark):
+    bench = load_benchmark("train_throughput")
     r = bench.run(
         backend="auto",  # the backend this test session's Keras already has
         model="densenet_tiny",

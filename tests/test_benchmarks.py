@@ -1,20 +1,8 @@
 """benchmarks/convert_throughput.py runs end to end on a tiny source and reports every figure."""
 
-import importlib.util
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "convert_throughput.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("convert_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_convert_throughput_smoke(tmp_path, capsys):
-    bench = _load()
+def test_convert_throughput_smoke(tmp_path, capsys, load_benchmark):
+    bench = load_benchmark("convert_throughput")
     argv = ["--num-images", "20", "--source-size", "128", "--image-size", "64"]
     r = bench.main([*argv, "--repeats", "1", "--workers", "2", "--workdir", str(tmp_path)])
     assert r["num_images"] == 20 and r["workers"] == 2

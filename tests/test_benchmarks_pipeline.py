@@ -1,26 +1,12 @@
 """Smoke test of benchmarks/pipeline_throughput.py: every variant runs on a tiny data set."""
 
-import importlib.util
-from pathlib import Path
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "pipeline_throughput.py"
+TINY = dict(num_images=20, source_size=64, stored_size=64, image_size=48, batch_size=4)
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("pipeline_throughput", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_run_reports_every_variant(tmp_path):
-    bench = _module()
+def test_run_reports_every_variant(tmp_path, load_benchmark):
+    bench = load_benchmark("pipeline_throughput")
     r = bench.run(
-        num_images=20,
-        source_size=64,
-        stored_size=64,
-        image_size=48,
-        batch_size=4,
+        **TINY,
         images=8,
         min_seconds=0.0,
         max_seconds=2.0,
@@ -40,11 +26,7 @@ def test_run_reports_every_variant(tmp_path):
     assert r["shapes"]["a_host"] == "4x48x48x3" and r["shapes"]["d"] == "4x48x48x1"
     # A second run reuses the data written into the work dir.
     again = bench.run(
-        num_images=20,
-        source_size=64,
-        stored_size=64,
-        image_size=48,
-        batch_size=4,
+        **TINY,
         images=4,
         min_seconds=0.0,
         max_seconds=1.0,

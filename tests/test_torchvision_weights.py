@@ -14,16 +14,26 @@ from cxr_tf import torchvision_weights as tvw
 DATA = Path(__file__).parent / "data"
 
 
+def _tiny():
+    """The tiny torchvision DenseNet fixture: its arrays, and its state dict (name -> array)."""
+    npz = np.load(DATA / "torchvision_densenet_tiny.npz")
+    return npz, {k[len("state/") :]: npz[k] for k in npz.files if k.startswith("state/")}
+
+
+def _assert_torchvision_features(model, npz):
+    """The model's pooled backbone features on the fixture's images are torchvision's."""
+    backbone = keras.Model(model.input, model.get_layer("avg_pool").output)
+    ours = np.asarray(backbone(npz["image"], training=False))
+    np.testing.assert_allclose(ours, npz["features"], atol=1e-4)
+
+
 def test_a_torchvision_densenet_gives_the_same_features_here():
     """Same architecture (growth 8, blocks 2-2-2, 16-filter stem = densenet_tiny), trained-like
     BatchNorm statistics: the converted Keras model reproduces torchvision's pooled features."""
-    npz = np.load(DATA / "torchvision_densenet_tiny.npz")
-    state = {k[len("state/") :]: npz[k] for k in npz.files if k.startswith("state/")}
+    npz, state = _tiny()
     model = models.build_model("densenet_tiny", num_classes=1, image_size=40, channels=3)
     assert tvw.load_state_dict(state, model) == 1 + 1 + 1 + 3 * 2 * 4 + 2 * 2
-    backbone = keras.Model(model.input, model.get_layer("avg_pool").output)
-    ours = np.asarray(backbone(npz["image"], training=False))
-    np.testing.assert_allclose(ours, npz["features"], rtol=1e-4, atol=1e-4)
+    _assert_torchvision_features(model, npz)
     assert np.abs(npz["features"]).max() > 0.1  # not a trivially small output
 
 
@@ -67,8 +77,7 @@ def test_old_torchvision_names_and_what_has_no_counterpart():
 
 
 def test_a_wrong_variant_and_missing_torch_are_clear(monkeypatch, tmp_path, capsys):
-    npz = np.load(DATA / "torchvision_densenet_tiny.npz")
-    state = {k[len("state/") :]: npz[k] for k in npz.files if k.startswith("state/")}
+    _, state = _tiny()
     with pytest.raises(ValueError, match="same DenseNet variant"):
         tvw.load_state_dict(state, models.build_model("densenet121", num_classes=1, image_size=32))
     with pytest.raises(ValueError, match="must end in .keras"):
@@ -80,22 +89,17 @@ def test_a_wrong_variant_and_missing_torch_are_clear(monkeypatch, tmp_path, caps
 
 def test_the_converted_file_loads_as_training_weights(monkeypatch, tmp_path):
     """convert() writes a backbone .keras that `weights=PATH` (what --set weights= does) loads."""
-    npz = np.load(DATA / "torchvision_densenet_tiny.npz")
-    state = {k[len("state/") :]: npz[k] for k in npz.files if k.startswith("state/")}
+    npz, state = _tiny()
     monkeypatch.setattr(tvw, "torchvision_state_dict", lambda name, path=None: state)
     out = tvw.convert("densenet_tiny", tmp_path / "tv.keras", image_size=40)
     model = models.build_model(
         "densenet_tiny", num_classes=2, image_size=40, channels=3, weights=str(out)
     )
-    backbone = keras.Model(model.input, model.get_layer("avg_pool").output)
-    np.testing.assert_allclose(
-        np.asarray(backbone(npz["image"], training=False)), npz["features"], rtol=1e-4, atol=1e-4
-    )
+    _assert_torchvision_features(model, npz)
 
 
 def test_weights_torchvision_converts_once_into_the_keras_cache(monkeypatch, tmp_path):
-    npz = np.load(DATA / "torchvision_densenet_tiny.npz")
-    state = {k[len("state/") :]: npz[k] for k in npz.files if k.startswith("state/")}
+    npz, state = _tiny()
     calls = []
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(
@@ -105,10 +109,7 @@ def test_weights_torchvision_converts_once_into_the_keras_cache(monkeypatch, tmp
         model = models.build_model(
             "densenet_tiny", num_classes=1, image_size=40, channels=3, weights="torchvision"
         )
-        backbone = keras.Model(model.input, model.get_layer("avg_pool").output)
-        np.testing.assert_allclose(
-            np.asarray(backbone(npz["image"], training=False)), npz["features"], atol=1e-4
-        )
+        _assert_torchvision_features(model, npz)
     assert calls == ["densenet_tiny"]  # the second build read the cached file
     assert (tmp_path / "models" / "densenet_tiny_torchvision.keras").is_file()
     assert not list((tmp_path / "models").glob("*.tmp.keras"))
