@@ -125,8 +125,21 @@ def torchvision_state_dict(name: str, path: str | None = None) -> dict:
             "(both come with Colab and Kaggle)"
         ) from err
     if path:
-        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--from {str(path)!r} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle, zip and torch errors, by format and version
+            raise ValueError(
+                f"--from {str(path)!r} is not a PyTorch state dict ({type(err).__name__}: {err}); "
+                "give torchvision's .pth file, or leave --from out to download it"
+            ) from err
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"--from {str(path)!r} holds a {type(state).__name__}, not a state dict"
+            )
     else:
         try:
             import torchvision

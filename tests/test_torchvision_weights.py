@@ -113,3 +113,22 @@ def test_weights_torchvision_converts_once_into_the_keras_cache(monkeypatch, tmp
     assert calls == ["densenet_tiny"]  # the second build read the cached file
     assert (tmp_path / "models" / "densenet_tiny_torchvision.keras").is_file()
     assert not list((tmp_path / "models").glob("*.tmp.keras"))
+
+
+def test_a_missing_or_broken_pth_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    import pickle
+    import types
+
+    def load(path, **kw):
+        raise pickle.UnpicklingError("invalid load key, 'x'")
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=load))
+    out = str(tmp_path / "w.keras")
+    assert tvw.main(["densenet161", "--out", out, "--from", str(tmp_path / "nope.pth")]) == 2
+    assert "nope.pth' does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"xyz")
+    assert tvw.main(["densenet161", "--out", out, "--from", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a PyTorch state dict (UnpicklingError" in err
+    assert not (tmp_path / "w.keras").exists()
