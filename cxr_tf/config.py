@@ -10,8 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from cxr_tf.input_pipeline import BALANCE_MODES
-
+BALANCE_MODES = ("none", "class_weight", "oversample", "pos_weight")
 LOSSES = ("bce", "weighted_bce", "cce")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
@@ -26,7 +25,10 @@ class Config:
 
     `batch_size` is per replica: the global batch is `batch_size x replicas`. Each entry of
     `stages` is `{epochs, learning_rate, train_backbone}`; a stage with `train_backbone: false`
-    trains the head only, with the backbone's BatchNorm layers in inference mode.
+    trains the head only, with the backbone's BatchNorm layers in inference mode. The learning
+    rates are those for a global batch of `lr_reference_batch`; the trainer scales them to the
+    global batch it actually gets (`trainer.scale_learning_rate`), so one config serves 1 CPU,
+    8 GPUs and a TPU slice alike. `image_size` must not exceed the stored images' size.
     """
 
     dataset: str = "pneumonia"
@@ -46,6 +48,7 @@ class Config:
     optimizer: str = "adam"
     loss: str = "bce"
     stages: list = field(default_factory=_default_stages)
+    lr_reference_batch: int = 32  # the global batch the stages' learning rates are meant for
     steps_per_epoch: int | None = None
     monitor: str = "val_loss"
     early_stopping_patience: int = 5
@@ -77,6 +80,11 @@ class Config:
         if self.batch_size < 1 or self.image_size < 16:
             raise ValueError(
                 f"config batch_size={self.batch_size} / image_size={self.image_size} too small"
+            )
+        if not isinstance(self.lr_reference_batch, int) or self.lr_reference_batch < 1:
+            raise ValueError(
+                f"config lr_reference_batch={self.lr_reference_batch!r}: give the global batch "
+                "size the learning rates are meant for, a whole number >= 1 (e.g. 16)"
             )
         if not self.stages:
             raise ValueError("config stages is empty; give at least one {epochs, learning_rate}")

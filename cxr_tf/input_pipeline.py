@@ -22,13 +22,13 @@ import numpy as np
 
 from cxr_tf import augment
 from cxr_tf.augment import Augment
+from cxr_tf.config import BALANCE_MODES
 from cxr_tf.convert import find_dataset_dir
 from cxr_tf.deps import require_tensorflow
 
 tf = require_tensorflow()
 tnp = tf.experimental.numpy
 
-BALANCE_MODES = ("none", "class_weight", "oversample", "pos_weight")
 LABEL_MODES = ("binary", "categorical", "multilabel")
 # Decoded splits up to this size are cached in memory (pneumonia at 256 px is ~0.6 GB).
 CACHE_LIMIT_BYTES = 3 * 2**30
@@ -118,6 +118,18 @@ def positive_weights(info: DataInfo, split: str = "train") -> np.ndarray:
     else:
         pos = np.array([counts[name] for name in info.label_names], dtype=np.float64)
     return np.where(pos > 0, (n - pos) / np.maximum(pos, 1), 1.0).astype(np.float32)
+
+
+def check_image_size(info: DataInfo, image_size: int) -> None:
+    """Training needs stored images at least `image_size` on their shorter side: the augmentation
+    cuts its squares from them, and a smaller store would show the model only part of a square."""
+    if image_size > info.stored_size:
+        raise ValueError(
+            f"image_size={image_size} is larger than the stored images ({info.stored_size} px on "
+            f"the shorter side, in {info.dataset_dir}); convert again with --image-size "
+            f"{image_size} or more (python -m cxr_tf.convert {info.name} --source RAW --out DIR "
+            f"--image-size {image_size}), or train with --set image_size={info.stored_size}"
+        )
 
 
 def steps_per_epoch(info: DataInfo, split: str, global_batch_size: int) -> int:
@@ -272,6 +284,8 @@ def make_dataset(
         raise ValueError(f"label_mode {label_mode!r} does not fit the {info.task} task {info.name}")
     if balance in ("class_weight", "oversample") and info.task != "binary":
         class_weights(info)  # raises the explanatory error
+    if training:
+        check_image_size(info, image_size)
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     replicas = input_context.num_replicas_in_sync if input_context else 1

@@ -18,6 +18,12 @@ from dataclasses import dataclass, field, fields
 
 STRATEGIES = ("auto", "tpu", "mirrored", "multiworker", "cpu")
 BACKENDS = ("auto", "tensorflow", "jax")
+# The one test hook: JAX's host (CPU) devices stand for TPU chips. The TPU-VM simulation test sets
+# it (with XLA_FLAGS=--xla_force_host_platform_device_count=8); nothing else reads it, and every
+# other step (TPU detection, backend choice, distribution) runs the production path.
+SIMULATED_TPU_ENV = "CXR_TF_SIMULATED_TPU"
+# The last TensorFlow release with a TPU runtime (the `tensorflow-tpu` distribution).
+LAST_TF_WITH_TPU = (2, 20)
 
 
 class RuntimeErrorWithHint(RuntimeError):
@@ -25,54 +31,99 @@ class RuntimeErrorWithHint(RuntimeError):
 
 
 def tpu_present() -> bool:
-    """A TPU is attached: a TPU VM's accelerator devices, or a TPU named in the environment."""
-    if os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR"):
+    """A TPU is attached, as a TPU VM shows it: TPU_ACCELERATOR_TYPE (set on Cloud, Colab and
+    Kaggle TPU VMs), a TPU named in TPU_NAME / COLAB_TPU_ADDR (TPU nodes), or the chips' device
+    files (/dev/accel* on v2-v4, /dev/vfio/N on v5e and later)."""
+    if any(os.environ.get(k) for k in ("TPU_ACCELERATOR_TYPE", "TPU_NAME", "COLAB_TPU_ADDR")):
         return True
     return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
+def tpu_hosts() -> int:
+    """Hosts of the TPU slice this VM belongs to (TPU_WORKER_HOSTNAMES lists them); 1 if unknown."""
+    names = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    return max(1, len(names))
+
+
+def _version(dist: str) -> tuple[int, int] | None:
+    """(major, minor) of an installed distribution, read from its metadata (no import)."""
+    import importlib.metadata
+
+    try:
+        parts = importlib.metadata.version(dist).split(".")
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (importlib.metadata.PackageNotFoundError, IndexError, ValueError):
+        return None
+
+
 def tf_has_tpu_runtime() -> bool:
-    """TensorFlow can drive a TPU: its TPU ops exist and a libtpu it can load is installed."""
-    if importlib.util.find_spec("tensorflow") is None:
-        return False
-    import tensorflow as tf
+    """TensorFlow can drive a TPU: the `tensorflow-tpu` build (TF <= 2.20) is installed.
 
-    major, minor = (int(p) for p in tf.__version__.split(".")[:2])
-    has_libtpu = importlib.util.find_spec("libtpu") is not None or bool(
-        glob.glob("/usr/local/lib/python3*/dist-packages/libtpu*")
-    )
-    return (major, minor) <= (2, 20) and has_libtpu
+    Read from package metadata, without importing TensorFlow (which would import Keras before the
+    backend is chosen). `libtpu` alone proves nothing: `jax[tpu]` installs it too, next to
+    `tensorflow-cpu` on Kaggle's TPU VM image.
+    """
+    version = _version("tensorflow-tpu")
+    return version is not None and version <= LAST_TF_WITH_TPU
 
 
-def choose_backend(strategy: str, backend: str = "auto") -> str:
-    """Pick and set the Keras backend for `strategy`; call before importing keras.
+def _tensorflow_dists() -> str:
+    found = [
+        f"{d} {'.'.join(map(str, v))}"
+        for d in ("tensorflow", "tensorflow-cpu", "tensorflow-tpu")
+        if (v := _version(d))
+    ]
+    return ", ".join(found) or "no TensorFlow"
+
+
+def choose_backend(strategy: str, backend: str = "auto", *, verbose: bool = True) -> str:
+    """Pick and set the Keras backend for `strategy`; call before anything imports TensorFlow.
 
     `auto`: an explicit KERAS_BACKEND wins; a TPU that TensorFlow cannot drive goes to JAX;
-    everything else to TensorFlow (or JAX when TensorFlow is not installed).
+    everything else to TensorFlow (or JAX when TensorFlow is not installed). Prints why.
+    Imports neither TensorFlow nor Keras (it reads package metadata).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy {strategy!r} is not one of {STRATEGIES}")
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r} is not one of {BACKENDS}")
+    reason = "asked for with --backend"
     if backend == "auto":
+        tpu = strategy in ("auto", "tpu") and tpu_present()
         if os.environ.get("KERAS_BACKEND") in ("tensorflow", "jax"):
-            backend = os.environ["KERAS_BACKEND"]
+            backend, reason = os.environ["KERAS_BACKEND"], "KERAS_BACKEND is set"
+        elif tpu and tf_has_tpu_runtime():
+            backend, reason = "tensorflow", "a TPU is attached and tensorflow-tpu can drive it"
+        elif tpu:
+            backend = "jax"
+            reason = (
+                f"a TPU is attached and TensorFlow here ({_tensorflow_dists()}) has no TPU "
+                "runtime, so Keras drives it through JAX"
+            )
+        elif strategy == "tpu":
+            backend, reason = "jax", "--strategy tpu without tensorflow-tpu installed"
+        elif importlib.util.find_spec("tensorflow") is None:
+            backend, reason = "jax", "TensorFlow is not installed"
         else:
-            tpu = strategy in ("auto", "tpu") and tpu_present()
-            tpu_needs_jax = tpu and not tf_has_tpu_runtime()
-            no_tf = importlib.util.find_spec("tensorflow") is None
-            backend = "jax" if tpu_needs_jax or no_tf else "tensorflow"
+            backend, reason = "tensorflow", "no TPU attached"
     if backend == "jax" and importlib.util.find_spec("jax") is None:
-        raise RuntimeErrorWithHint("--backend jax needs JAX: pip install 'cxr_tf[jax]'")
-    if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", "tensorflow") != backend:
+        raise RuntimeErrorWithHint(
+            f"the Keras backend is jax ({reason}), but JAX is not installed: "
+            "pip install 'cxr_tf[jax]' (on a TPU VM: pip install 'jax[tpu]')"
+        )
+    if "keras" in sys.modules:
         import keras
 
         if keras.backend.backend() != backend:
             raise RuntimeErrorWithHint(
-                f"Keras was already imported with the {keras.backend.backend()} backend; start a "
-                f"fresh process (or restart the notebook kernel) to train with {backend}"
+                f"Keras was already imported with the {keras.backend.backend()} backend (importing "
+                f"TensorFlow imports Keras); start a fresh process (or restart the notebook "
+                f"kernel) and call cxr_tf.runtime.choose_backend before importing tensorflow or "
+                f"keras, to train with {backend}"
             )
     os.environ["KERAS_BACKEND"] = backend
+    if verbose:
+        print(f"cxr_tf: Keras backend {backend} ({reason})", flush=True)
     return backend
 
 
@@ -87,6 +138,7 @@ class Runtime:
     per_replica_batch: int
     global_batch: int
     num_processes: int = 1
+    process_index: int = 0  # this host's place among num_processes; 0 writes the run folder
     devices: list = field(default_factory=list)
     tf_strategy: object = field(default=None, repr=False)  # a tf.distribute.Strategy (TF)
     distribution: object = field(default=None, repr=False)  # a keras.distribution (JAX)
@@ -96,16 +148,21 @@ class Runtime:
             f"backend {self.backend}, strategy {self.strategy}, {self.num_replicas} x "
             f"{self.device_kind}, global batch {self.global_batch} = {self.per_replica_batch} "
             f"per replica x {self.num_replicas}"
-            + (f", {self.num_processes} processes" if self.num_processes > 1 else "")
+            + (
+                f", process {self.process_index} of {self.num_processes}"
+                if self.num_processes > 1
+                else ""
+            )
         )
 
-    def to_json(self) -> str:
+    def to_json(self, **extra) -> str:
+        """The runtime as JSON (`runtime.json`), with `extra` entries such as the learning rates."""
         keep = {
             f.name: getattr(self, f.name)
             for f in fields(self)
             if f.name not in ("tf_strategy", "distribution")
         }
-        return json.dumps(keep, indent=2, default=str)
+        return json.dumps({**keep, **extra}, indent=2, default=str)
 
     def scope(self):
         """The context the model must be built in (TF strategies), else a no-op."""
@@ -116,19 +173,48 @@ class Runtime:
         )
 
 
-def make_runtime(strategy: str, per_replica_batch: int, *, tpu: str | None = None) -> Runtime:
-    """Set up the distribution under the backend `choose_backend` set."""
+def make_runtime(
+    strategy: str,
+    per_replica_batch: int,
+    *,
+    tpu: str | None = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> Runtime:
+    """Set up the distribution under the backend `choose_backend` set.
+
+    `coordinator`, `num_processes`, `process_id`: JAX on several hosts (`--strategy
+    multiworker`) where no cluster manager (SLURM, Open MPI, a TPU slice) tells JAX itself.
+    """
+    if strategy == "tpu" and not (tpu or tpu_present()):
+        raise RuntimeErrorWithHint(
+            "--strategy tpu, but no TPU is reachable (no TPU_ACCELERATOR_TYPE, /dev/accel*, "
+            "/dev/vfio, TPU_NAME or COLAB_TPU_ADDR). In Colab pick Runtime > Change runtime "
+            "type > TPU; on Kaggle the TPU VM accelerator; or use --strategy auto."
+        )
     import keras
 
-    backend = keras.backend.backend()
-    if backend == "jax":
-        return _jax_runtime(strategy, per_replica_batch)
+    if keras.backend.backend() == "jax":
+        return _jax_runtime(strategy, per_replica_batch, coordinator, num_processes, process_id)
     return _tf_runtime(strategy, per_replica_batch, tpu)
 
 
 def _tf_runtime(strategy: str, per_replica_batch: int, tpu: str | None) -> Runtime:
     import tensorflow as tf
 
+    if strategy == "multiworker":
+        # Before anything else touches TensorFlow's devices: collective ops must be configured at
+        # program start-up, which creating the strategy does.
+        if not os.environ.get("TF_CONFIG"):
+            raise RuntimeErrorWithHint(
+                "--strategy multiworker needs TF_CONFIG describing the cluster and this "
+                "worker's task (https://www.tensorflow.org/guide/distributed_training), or "
+                "--backend jax with --coordinator/--num-processes/--process-id"
+            )
+        dist = tf.distribute.MultiWorkerMirroredStrategy()
+        gpus = tf.config.list_logical_devices("GPU")
+        return _tf_result(dist, strategy, "GPU" if gpus else "CPU", per_replica_batch)
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
     if strategy == "auto":
@@ -136,16 +222,11 @@ def _tf_runtime(strategy: str, per_replica_batch: int, tpu: str | None) -> Runti
             "tpu" if tpu_present() and tf_has_tpu_runtime() else ("mirrored" if gpus else "cpu")
         )
     if strategy == "tpu":
-        if not (tpu or tpu_present()):
-            raise RuntimeErrorWithHint(
-                "--strategy tpu, but no TPU is reachable (no /dev/accel*, TPU_NAME or "
-                "COLAB_TPU_ADDR). In Colab pick Runtime > Change runtime type > TPU; on Kaggle "
-                "pick the TPU VM accelerator; or use --strategy auto."
-            )
         if not tf_has_tpu_runtime():
             raise RuntimeErrorWithHint(
-                f"a TPU is attached but TensorFlow {tf.__version__} has no TPU runtime (it "
-                "stops at 2.19/2.20). Use --backend jax (Keras 3 on JAX drives the TPU)."
+                f"a TPU is attached but TensorFlow here ({_tensorflow_dists()}) has no TPU "
+                "runtime (only tensorflow-tpu <= 2.20 has one). Use --backend jax (Keras 3 on "
+                "JAX drives the TPU), or leave --backend auto."
             )
         name = tpu or os.environ.get("TPU_NAME") or "local"
         try:
@@ -158,24 +239,27 @@ def _tf_runtime(strategy: str, per_replica_batch: int, tpu: str | None) -> Runti
                 f"could not connect to TPU {name!r} ({type(err).__name__}: {err}); give its "
                 "name or address with --tpu, or use --backend jax"
             ) from err
-        kind = "TPU"
-    elif strategy == "mirrored":
+        return _tf_result(dist, strategy, "TPU", per_replica_batch)
+    if strategy == "mirrored":
         # All GPUs; without GPUs, all logical CPUs (how the tests run two replicas on a CPU).
         devices = [d.name for d in (gpus or cpus)]
         dist = tf.distribute.MirroredStrategy(devices)
-        kind = "GPU" if gpus else "CPU"
-    elif strategy == "multiworker":
-        if not os.environ.get("TF_CONFIG"):
-            raise RuntimeErrorWithHint(
-                "--strategy multiworker needs TF_CONFIG describing the cluster and this "
-                "worker's task (https://www.tensorflow.org/guide/distributed_training)"
-            )
-        dist = tf.distribute.MultiWorkerMirroredStrategy()
-        kind = "GPU" if gpus else "CPU"
-    else:
-        dist = tf.distribute.get_strategy()
-        kind = "CPU" if strategy == "cpu" or not gpus else "GPU"
+        return _tf_result(dist, strategy, "GPU" if gpus else "CPU", per_replica_batch)
+    dist = tf.distribute.get_strategy()
+    kind = "CPU" if strategy == "cpu" or not gpus else "GPU"
+    return _tf_result(dist, strategy, kind, per_replica_batch)
+
+
+def _tf_result(dist, strategy: str, kind: str, per_replica_batch: int) -> Runtime:
     replicas = dist.num_replicas_in_sync
+    resolver = getattr(dist, "cluster_resolver", None)
+    workers = 1
+    index = 0
+    if strategy == "multiworker" and resolver is not None:
+        spec = resolver.cluster_spec().as_dict()
+        workers = sum(len(spec.get(job, [])) for job in ("chief", "worker"))
+        # the chief (or worker 0 without one) is process 0
+        index = 0 if resolver.task_type == "chief" else resolver.task_id + ("chief" in spec)
     return Runtime(
         backend="tensorflow",
         strategy=strategy,
@@ -183,24 +267,46 @@ def _tf_runtime(strategy: str, per_replica_batch: int, tpu: str | None) -> Runti
         num_replicas=replicas,
         per_replica_batch=per_replica_batch,
         global_batch=per_replica_batch * replicas,
-        num_processes=getattr(dist.extended, "_num_workers", 1) or 1,
+        num_processes=workers,
+        process_index=index,
         tf_strategy=dist,
     )
 
 
-def _jax_runtime(strategy: str, per_replica_batch: int) -> Runtime:
+def _jax_runtime(
+    strategy: str,
+    per_replica_batch: int,
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+) -> Runtime:
     import jax
     import keras
 
-    if strategy == "multiworker":
-        jax.distributed.initialize()  # reads the coordinator from the TPU / cluster environment
+    if strategy == "multiworker" or (strategy in ("auto", "tpu") and tpu_hosts() > 1):
+        # Several hosts: on a TPU slice, SLURM or Open MPI JAX finds the coordinator itself;
+        # elsewhere it comes from the arguments (or JAX_COORDINATOR_ADDRESS).
+        try:
+            jax.distributed.initialize(
+                coordinator_address=coordinator,
+                num_processes=num_processes,
+                process_id=process_id,
+            )
+        except (ValueError, RuntimeError) as err:
+            raise RuntimeErrorWithHint(
+                f"could not start JAX on several hosts ({err}); outside a TPU slice, SLURM or "
+                "Open MPI give --coordinator HOST:PORT --num-processes N --process-id K"
+            ) from err
     platform = jax.devices()[0].platform  # "tpu", "gpu" or "cpu"
+    if platform == "cpu" and os.environ.get(SIMULATED_TPU_ENV):
+        platform = "tpu"  # the TPU-VM simulation's host devices stand for TPU chips
     if strategy == "auto":
         strategy = "tpu" if platform == "tpu" else ("mirrored" if platform == "gpu" else "cpu")
     if strategy == "tpu" and platform != "tpu":
         raise RuntimeErrorWithHint(
-            f"--strategy tpu, but JAX sees no TPU (its devices are {platform}). In Colab pick "
-            "a TPU runtime; on Kaggle the TPU VM accelerator; or use --strategy auto."
+            f"--strategy tpu, but JAX sees no TPU (its devices are {platform}): is `jax[tpu]` "
+            "installed (pip install 'jax[tpu]')? In Colab pick a TPU runtime; on Kaggle the TPU "
+            "VM accelerator; or use --strategy auto."
         )
     devices = jax.devices()
     distribution = None
@@ -217,6 +323,7 @@ def _jax_runtime(strategy: str, per_replica_batch: int) -> Runtime:
         per_replica_batch=per_replica_batch,
         global_batch=per_replica_batch * replicas,
         num_processes=jax.process_count(),
+        process_index=jax.process_index(),
         devices=[str(d) for d in devices],
         distribution=distribution,
     )

@@ -1,9 +1,12 @@
-"""Training CLI: `python -m cxr_tf.train --config training/X.yaml [--data DIR] [--workdir DIR]
-[--strategy {auto,tpu,mirrored,multiworker,cpu}] [--backend {auto,tensorflow,jax}] [--set k=v]`.
+"""Train a DenseNet on converted chest X-rays, on a TPU, GPUs or a CPU; re-run to resume.
 
-A thin layer over `run`, which picks the Keras backend *before* Keras is imported, sets up the
-distribution, and hands over to `cxr_tf.trainer.train`. Running the same command again after an
-interruption resumes the run.
+    python -m cxr_tf.train --config training/X.yaml [--data DIR] [--workdir DIR]
+        [--strategy {auto,tpu,mirrored,multiworker,cpu}] [--backend {auto,tensorflow,jax}]
+        [--set key=value ...]
+
+A thin layer over `run`, which picks the Keras backend *before* anything imports TensorFlow or
+Keras, sets up the distribution, and hands over to `cxr_tf.trainer.train`. Importing this module
+and parsing its arguments import neither.
 """
 
 from __future__ import annotations
@@ -24,29 +27,52 @@ def run(
     backend="auto",
     overrides=None,
     tpu=None,
+    coordinator=None,
+    num_processes=None,
+    process_id=None,
     verbose="auto",
     extra_callbacks=(),
 ) -> dict:
-    """Load the config, choose backend and strategy, train; returns the run summary."""
-    cfg = config_lib.load(config_path, overrides)
+    """Choose backend and strategy, load the config, train; returns the run summary.
+
+    The backend is fixed first, before anything imports TensorFlow or Keras. `coordinator`,
+    `num_processes`, `process_id`: JAX on several hosts without a cluster manager.
+    """
     choose_backend(strategy, backend)
+    cfg = config_lib.load(config_path, overrides)
     from cxr_tf import trainer  # imports Keras: only now that the backend is fixed
     from cxr_tf.runtime import make_runtime
 
-    runtime = make_runtime(strategy, cfg.batch_size, tpu=tpu)
+    runtime = make_runtime(
+        strategy,
+        cfg.batch_size,
+        tpu=tpu,
+        coordinator=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
     return trainer.train(
         cfg, data, workdir, runtime, verbose=verbose, extra_callbacks=extra_callbacks
     )
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cxr_tf.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cxr_tf.train",
+        description=__doc__.split("\n")[0],
+        epilog="Several hosts: TensorFlow reads TF_CONFIG (--strategy multiworker); JAX finds a "
+        "TPU slice, SLURM or Open MPI itself, elsewhere give --coordinator, --num-processes "
+        "and --process-id (see the README).",
+    )
     p.add_argument("--config", required=True, help="a YAML file from training/")
     p.add_argument("--data", default="tfrecords", help="the converter's --out folder")
     p.add_argument("--workdir", default="runs/latest", help="run folder (resumes if it exists)")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES)
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--tpu", default=None, help="TPU name or address (TensorFlow backend)")
+    p.add_argument("--coordinator", help="JAX on several hosts: HOST:PORT of process 0")
+    p.add_argument("--num-processes", type=int, help="JAX on several hosts: how many")
+    p.add_argument("--process-id", type=int, help="JAX on several hosts: this one's index")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -65,6 +91,9 @@ def main(argv=None) -> int:
             backend=args.backend,
             overrides=args.overrides,
             tpu=args.tpu,
+            coordinator=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
         )
     except (ValueError, FileNotFoundError, RuntimeErrorWithHint) as err:
         return fail(err)

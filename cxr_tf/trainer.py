@@ -14,6 +14,7 @@ command again resumes an interrupted run at its last finished epoch:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import warnings
@@ -76,8 +77,56 @@ class _ResumableCallbackState(keras.callbacks.Callback):
         os.replace(tmp, self.folder / "callbacks.json")
 
 
+class _ValLossWithoutPadding(keras.callbacks.Callback):
+    """Rescales `val_loss` to the real validation examples.
+
+    Keras averages the loss over every row of the evaluation pass, and the pass ends in weight-0
+    padding rows (so that every example is seen exactly once with static shapes): its figure is
+    `sum(loss of real rows) / rows`. Every real row has weight 1, so `rows / examples` makes it
+    exact. It must be the first callback: checkpointing, early stopping, LR reduction and the
+    history then all see the exact value. The weighted metrics need nothing: padding weighs 0.
+    """
+
+    def __init__(self, rows: int, examples: int):
+        super().__init__()
+        self.scale = rows / examples
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "val_loss" in logs:
+            logs["val_loss"] = float(logs["val_loss"]) * self.scale
+
+
 def _num(x):
     return None if x is None else float(x)
+
+
+def scale_learning_rate(lr: float, global_batch: int, reference_batch: int, optimizer: str):
+    """The learning rate for `global_batch`, given `lr` for `reference_batch`.
+
+    Adam: square-root rule, lr x sqrt(global / reference) (Malladi et al. 2022, "On the SDEs and
+    scaling rules for adaptive gradient algorithms"): Adam's normalised step makes the linear rule
+    overshoot, and sqrt needs no warm-up at the 16x of a TPU v3-8 over CheXNet's batch 16.
+    SGD: linear rule, lr x global / reference (Goyal et al. 2017).
+    """
+    ratio = global_batch / reference_batch
+    return float(lr) * (math.sqrt(ratio) if optimizer == "adam" else ratio)
+
+
+def plan_epoch(auto_steps: int, configured: int | None, steps_per_execution: int):
+    """(steps per epoch, steps per execution) such that an epoch is whole executions.
+
+    Keras runs whole executions, so 18 steps at 32 per execution would run 32 and move the
+    epoch's end (and what callbacks and resume see). A configured `steps_per_epoch` is kept and
+    the steps per execution lowered to a divisor of it; the automatic one (about one pass over
+    the data) is rounded down to a multiple of the steps per execution.
+    """
+    steps = configured or auto_steps
+    per_execution = max(1, min(int(steps_per_execution), steps))
+    if configured:
+        while configured % per_execution:
+            per_execution -= 1
+        return configured, per_execution
+    return steps - steps % per_execution, per_execution
 
 
 def monitor_mode(monitor: str) -> str:
@@ -173,6 +222,10 @@ def train(
     or incomplete data folder.
     """
     workdir = Path(workdir)
+    if runtime.process_index > 0:
+        # Several hosts: process 0 owns the run folder; the others keep their copies (resume
+        # state, checkpoints) apart, so that hosts sharing a file system never write one file.
+        workdir = workdir / f"process-{runtime.process_index}"
     workdir.mkdir(parents=True, exist_ok=True)
     if _check_workdir(workdir, cfg):
         print(f"{workdir} holds a finished run; nothing to do (use a new --workdir to retrain)")
@@ -187,9 +240,25 @@ def train(
     num_outputs = (
         len(info.label_names) if (info.task == "multilabel" or cfg.activation == "softmax") else 1
     )
+    input_pipeline.check_image_size(info, cfg.image_size)
     print(f"cxr_tf.train: {runtime.describe()}")
-    steps = cfg.steps_per_epoch or input_pipeline.steps_per_epoch(
-        info, "train", runtime.global_batch
+    steps, steps_per_execution = plan_epoch(
+        input_pipeline.steps_per_epoch(info, "train", runtime.global_batch),
+        cfg.steps_per_epoch,
+        cfg.steps_per_execution or default_steps_per_execution(runtime),
+    )
+    learning_rates = [
+        scale_learning_rate(
+            s["learning_rate"], runtime.global_batch, cfg.lr_reference_batch, cfg.optimizer
+        )
+        for s in cfg.stages
+    ]
+    print(
+        f"cxr_tf.train: an epoch is {steps} steps of {runtime.global_batch} images, "
+        f"{steps_per_execution} per execution; learning rate "
+        + ", ".join(f"{lr:.3g}" for lr in learning_rates)
+        + f" ({'square-root' if cfg.optimizer == 'adam' else 'linear'} rule from the config's "
+        f"rates at global batch {cfg.lr_reference_batch})"
     )
 
     # ---- model
@@ -212,9 +281,17 @@ def train(
         )
     # Written once the config has proved buildable, so a typo never claims the run folder.
     config_lib.save(cfg, workdir / "config.yaml")
-    (workdir / "runtime.json").write_text(runtime.to_json())
+    (workdir / "runtime.json").write_text(
+        runtime.to_json(
+            learning_rates=learning_rates,
+            lr_rule="sqrt" if cfg.optimizer == "adam" else "linear",
+            lr_reference_batch=cfg.lr_reference_batch,
+            steps_per_epoch=steps,
+            steps_per_execution=steps_per_execution,
+            precision=precision,
+        )
+    )
     pos_weight = input_pipeline.positive_weights(info) if cfg.loss == "weighted_bce" else None
-    steps_per_execution = cfg.steps_per_execution or default_steps_per_execution(runtime)
 
     # ---- stages of fit
     mode = monitor_mode(cfg.monitor)
@@ -222,6 +299,9 @@ def train(
     best_value = None
     start_epoch = 0
     val_ds = _dataset(runtime, data_dir, cfg, "validation", training=False)
+    val_rows = runtime.global_batch * input_pipeline.eval_steps(
+        info, "validation", runtime.global_batch, runtime.num_processes
+    )
     for k, stage in enumerate(cfg.stages):
         end_epoch = start_epoch + int(stage["epochs"])
         stage_end = workdir / f"stage{k + 1}_end.weights.h5"
@@ -235,9 +315,9 @@ def train(
         models.set_backbone_trainable(model, bool(stage.get("train_backbone", True)))
         with runtime.scope():
             optimizer = (
-                keras.optimizers.Adam(float(stage["learning_rate"]))
+                keras.optimizers.Adam(learning_rates[k])
                 if cfg.optimizer == "adam"
-                else keras.optimizers.SGD(float(stage["learning_rate"]), momentum=0.9)
+                else keras.optimizers.SGD(learning_rates[k], momentum=0.9)
             )
             model.compile(
                 optimizer=optimizer,
@@ -248,6 +328,11 @@ def train(
                 steps_per_execution=steps_per_execution,
             )
         resume_at = max(_resume_epoch(stage_dir), start_epoch)
+        if resume_at > start_epoch:
+            print(
+                f"cxr_tf.train: resuming at epoch {resume_at + 1} of {cfg.total_epochs} from "
+                f"{stage_dir}"
+            )
         train_ds = _dataset(
             runtime,
             data_dir,
@@ -277,6 +362,7 @@ def train(
             initial_value_threshold=best_value,
         )
         callbacks = [
+            _ValLossWithoutPadding(val_rows, info.num_examples("validation")),
             keras.callbacks.TerminateOnNaN(),
             checkpoint,
             early,
