@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             num_processes=args.num_processes,
             process_id=args.process_id,
         )
-    except (ValueError, FileNotFoundError, RuntimeErrorWithHint) as err:
+    except (ValueError, FileNotFoundError, ImportError, RuntimeErrorWithHint) as err:
         return fail(err)
     print(
         f"Done: best {summary['monitor']} {summary['best']}, validation mean AUROC "
