@@ -91,7 +91,8 @@ def choose_backend(strategy: str, backend: str = "auto", *, verbose: bool = True
     if backend == "auto":
         tpu = strategy in ("auto", "tpu") and tpu_present()
         if os.environ.get("KERAS_BACKEND") in ("tensorflow", "jax"):
-            backend, reason = os.environ["KERAS_BACKEND"], "KERAS_BACKEND is set"
+            backend = os.environ["KERAS_BACKEND"]
+            reason = f"KERAS_BACKEND={backend} in the environment"
         elif tpu and tf_has_tpu_runtime():
             backend, reason = "tensorflow", "a TPU is attached and tensorflow-tpu can drive it"
         elif tpu:

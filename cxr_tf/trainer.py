@@ -327,6 +327,12 @@ def train(
                 weighted_metrics=make_metrics(info.task, num_outputs, cfg.activation),
                 steps_per_execution=steps_per_execution,
             )
+        if runtime.backend == "jax":
+            # Keras' JAX fit builds unbuilt metrics from a first batch of the training stream, on
+            # an extra pass over it; how far that pass reads moves tf.data's reshuffle seeds and
+            # fills its caches, so a resumed run (whose stream skips batches) would then see
+            # other data than an uninterrupted one. One validation batch builds them instead.
+            model.evaluate(val_ds.take(1), verbose=0)
         resume_at = max(_resume_epoch(stage_dir), start_epoch)
         if resume_at > start_epoch:
             print(

@@ -77,7 +77,9 @@ def test_no_tpu_goes_to_tensorflow_and_an_explicit_keras_backend_wins():
     for key in ("TPU_ACCELERATOR_TYPE", "CXR_TF_SIMULATED_TPU"):
         env.pop(key)
     assert "Keras backend tensorflow (no TPU attached)" in _chosen(env)
-    assert "Keras backend jax (KERAS_BACKEND is set)" in _chosen(dict(env, KERAS_BACKEND="jax"))
+    assert "Keras backend jax (KERAS_BACKEND=jax in the environment)" in _chosen(
+        dict(env, KERAS_BACKEND="jax")
+    )
 
 
 def test_colab_tpu_without_tensorflow_says_what_to_install(tmp_path, pneumonia_data):

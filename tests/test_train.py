@@ -67,9 +67,8 @@ def test_demo_config_learns_under_mirrored_strategy(pneumonia_data, tmp_path):
 
 @pytest.mark.slow
 def test_demo_config_learns_under_jax_with_two_devices(pneumonia_data, tmp_path):
-    env = dict(
-        os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"
-    )
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     cmd = [
         sys.executable,
         "-m",
@@ -106,59 +105,94 @@ def test_demo_config_learns_under_jax_with_two_devices(pneumonia_data, tmp_path)
         str(tmp_path / "cams"),
         "--json",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # prediction under the JAX backend is what this part tests, and KERAS_BACKEND is how a user
+    # picks it for the predict CLI
+    jax_env = dict(env, KERAS_BACKEND="jax")
+    proc = subprocess.run(cmd, env=jax_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = json.loads(proc.stdout)
     assert result["findings"][0]["name"] == "PNEUMONIA"
     assert len(list((tmp_path / "cams").glob("*.png"))) == 1
 
 
-class _Preempt(keras.callbacks.Callback):
-    """Stops the process after an epoch, as a preempted TPU VM would."""
+# 3 epochs; 5 steps per execution: the ~12 steps of an epoch become 10, two executions
+SHORT = [
+    "stages=[{epochs: 3, learning_rate: 0.003}]",
+    "early_stopping_patience=10",
+    "steps_per_execution=5",
+]
 
-    def __init__(self, after_epoch):
+# Runs the demo config straight, then interrupted after its first epoch and resumed, in one fresh
+# process with the backend given as argv[1] (chosen through choose_backend, as a notebook does,
+# never through KERAS_BACKEND); prints what the test compares as JSON.
+RESUME_SCRIPT = """
+import json, sys
+from cxr_tf.runtime import choose_backend
+choose_backend("cpu", sys.argv[1])
+import keras
+from cxr_tf.train import run
+
+config, data, root, *overrides = sys.argv[2:]
+kw = dict(data=data, strategy="cpu", overrides=overrides, verbose=0)
+seen = {"straight": [], "resumed": []}
+
+class Record(keras.callbacks.Callback):
+    def __init__(self, name, stop_after=None):
         super().__init__()
-        self.after_epoch = after_epoch
+        self.name, self.stop_after = name, stop_after
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begin = int(self.model.optimizer.iterations)
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.after_epoch:
-            raise KeyboardInterrupt
+        # the optimizer's step counter: what an epoch really ran
+        seen[self.name].append([epoch, int(self.model.optimizer.iterations) - self.begin])
+        if epoch == self.stop_after:
+            raise KeyboardInterrupt  # as a preempted TPU VM would stop
 
-
-SHORT = ["stages=[{epochs: 3, learning_rate: 0.003}]", "early_stopping_patience=10"]
+run(config, workdir=root + "/straight", extra_callbacks=[Record("straight")], **kw)
+try:
+    run(config, workdir=root + "/resumed", extra_callbacks=[Record("resumed", 0)], **kw)
+except KeyboardInterrupt:
+    pass
+run(config, workdir=root + "/resumed", extra_callbacks=[Record("resumed")], **kw)
+print("RESULT", json.dumps(seen))
+"""
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_at_epoch_two_and_ends_the_same(pneumonia_data, tmp_path):
-    kw = dict(data=pneumonia_data, strategy="cpu", overrides=SHORT, verbose=0)
-    run(DEMO, workdir=tmp_path / "straight", **kw)
-    with pytest.raises(KeyboardInterrupt):
-        run(DEMO, workdir=tmp_path / "resumed", extra_callbacks=[_Preempt(0)], **kw)
-    assert (tmp_path / "resumed" / "backup").is_dir()
-    assert not (tmp_path / "resumed" / "done.json").exists()
-    seen = []
-
-    class Record(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen.append(epoch)
-
-    run(DEMO, workdir=tmp_path / "resumed", extra_callbacks=[Record()], **kw)
-    assert seen == [1, 2], "the second run must start at epoch 2 (index 1)"
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(
+    backend, pneumonia_data, tmp_path
+):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    cmd = [sys.executable, "-c", RESUME_SCRIPT, backend, str(DEMO), str(pneumonia_data)]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path), *SHORT], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert "resuming at epoch 2 of 3" in proc.stdout
+    # every epoch is exactly the planned 10 steps, with 5 per execution
+    rt = json.loads((tmp_path / "straight" / "runtime.json").read_text())
+    assert (rt["steps_per_epoch"], rt["steps_per_execution"], rt["backend"]) == (10, 5, backend)
+    assert seen["straight"] == [[0, 10], [1, 10], [2, 10]]
+    assert seen["resumed"] == [[0, 10], [1, 10], [2, 10]], "resumed at epoch 2 (index 1)"
     rows = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows if not r.startswith("epoch")] == ["0", "1", "2"]
     a = models.load_model(tmp_path / "straight" / "best.keras")
     b = models.load_model(tmp_path / "resumed" / "best.keras")
     for wa, wb in zip(a.weights, b.weights, strict=True):
         np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), rtol=1e-4, atol=1e-5)
-    straight = [
-        r.split(",")[:5] for r in (tmp_path / "straight" / "history.csv").read_text().splitlines()
-    ]
-    resumed = [r.split(",")[:5] for r in rows]
+    straight = (tmp_path / "straight" / "history.csv").read_text().splitlines()
     np.testing.assert_allclose(
-        np.array(straight[1:], float), np.array(resumed[1:], float), rtol=1e-4
+        np.array([r.split(",")[:5] for r in straight[1:]], float),
+        np.array([r.split(",")[:5] for r in rows[1:]], float),
+        rtol=1e-4,
     )
     # a finished run is not trained again
-    assert run(DEMO, workdir=tmp_path / "resumed", **kw)["workdir"] == str(tmp_path / "resumed")
+    summary = run(DEMO, data=pneumonia_data, workdir=tmp_path / "resumed", overrides=SHORT)
+    assert summary["workdir"] == str(tmp_path / "resumed")
 
 
 @pytest.mark.slow
