@@ -381,7 +381,12 @@ def make_dataset(
         steps = eval_steps(info, split, global_batch_size, num_pipelines)
         pad = steps * step_examples - _pipeline_counts(info, split, num_pipelines)[pipeline_id]
         ds = _padded(ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE), pad)
-        return _finish(ds.batch(batch, drop_remainder=True), deterministic=True)
+        ds = ds.batch(batch, drop_remainder=True)
+        # A known length: without it Keras' first pass over the data counts one batch more in
+        # its loss average (a weightless step past the end), and the first val_loss is too low.
+        steps_here = steps * step_examples // batch
+        ds = ds.apply(tf.data.experimental.assert_cardinality(steps_here))
+        return _finish(ds, deterministic=True)
 
     # 6. Shuffle and repeat (or per-class streams) before augmenting, so every repeat of an
     # image gets a fresh random transform.

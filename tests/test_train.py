@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from cxr_tf import metrics, models
+from cxr_tf import input_pipeline, metrics, models, trainer
+from cxr_tf.losses import make_loss
 from cxr_tf.train import main, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,5 +246,75 @@ def test_bad_input_is_named(pneumonia_data, tmp_path, capsys):
         "--data", str(pneumonia_data), "--set", "balance=smote"
     )
     assert "nih14" in err("--data", str(pneumonia_data), "--set", "dataset=nih14")
+    assert "image_size=96 is larger than the stored images (64 px" in err(
+        "--data", str(pneumonia_data), "--set", "image_size=96"
+    )
+    assert not (tmp_path / "w" / "config.yaml").exists()  # nothing claimed the run folder
+    assert "lr_reference_batch=0" in err(
+        "--data", str(pneumonia_data), "--set", "lr_reference_batch=0"
+    )
     missing = tmp_path / "missing.yaml"
     assert "does not exist" in err("--config", str(missing), "--data", str(pneumonia_data))
+
+
+def test_validation_loss_and_metrics_ignore_padding_rows(pneumonia_data):
+    info = input_pipeline.read_info(pneumonia_data)
+    n = info.num_examples("validation")
+    model = models.build_model(
+        "densenet_tiny", num_classes=1, image_size=64, channels=1, weights="none"
+    )
+    model.compile(
+        loss=make_loss("bce"), weighted_metrics=trainer.make_metrics("binary", 1, "sigmoid")
+    )
+
+    def validate(batch):
+        ds = input_pipeline.make_dataset(
+            pneumonia_data,
+            "validation",
+            global_batch_size=batch,
+            image_size=64,
+            training=False,
+            channels=1,
+        )
+        logs = {f"val_{k}": v for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
+        raw = logs["val_loss"]
+        rows = batch * input_pipeline.eval_steps(info, "validation", batch)
+        trainer._ValLossWithoutPadding(rows, n).on_epoch_end(0, logs)
+        return logs, raw, rows - n
+
+    exact, _, padding = validate(n)  # one batch: no padding
+    assert padding == 0
+    batch = n // 2 + 6  # two batches, the second with 12 padding rows
+    padded, raw, padding = validate(batch)
+    assert padding == 12
+    assert raw < exact["val_loss"] * 0.9  # what Keras reports counts the padding rows
+    for key, value in exact.items():
+        assert padded[key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_learning_rate_rule_and_epoch_plan():
+    # Adam: square root of the batch ratio (CheXNet's 1e-3 at 16 -> 4e-3 at 256); SGD: linear
+    assert trainer.scale_learning_rate(1e-3, 256, 16, "adam") == pytest.approx(4e-3)
+    assert trainer.scale_learning_rate(1e-3, 16, 16, "adam") == pytest.approx(1e-3)
+    assert trainer.scale_learning_rate(0.1, 512, 256, "sgd") == pytest.approx(0.2)
+    # (steps per epoch, steps per execution): whole executions, never past the epoch
+    assert trainer.plan_epoch(18, None, 32) == (18, 18)
+    assert trainer.plan_epoch(337, None, 32) == (320, 32)
+    assert trainer.plan_epoch(12, None, 1) == (12, 1)
+    assert trainer.plan_epoch(999, 18, 32) == (18, 18)  # a configured epoch is kept
+    assert trainer.plan_epoch(999, 100, 32) == (100, 25)
+
+
+def test_training_above_the_stored_size_is_an_error_below_it_works(pneumonia_data):
+    kw = dict(global_batch_size=8, training=True, channels=1, seed=0)
+    with pytest.raises(ValueError) as err:
+        input_pipeline.make_dataset(pneumonia_data, "train", image_size=96, **kw)
+    message = str(err.value)
+    assert "image_size=96 is larger than the stored images (64 px" in message
+    assert "--image-size 96" in message and "--set image_size=64" in message
+    for augment_in_model, side in ((False, 48), (True, 64)):
+        ds = input_pipeline.make_dataset(
+            pneumonia_data, "train", image_size=48, augment_in_model=augment_in_model, **kw
+        )
+        images, _ = next(iter(ds))
+        assert images.shape == (8, side, side, 1)  # the model's layer resamples to 48
