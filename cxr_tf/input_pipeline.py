@@ -121,8 +121,10 @@ def positive_weights(info: DataInfo, split: str = "train") -> np.ndarray:
 
 
 def check_image_size(info: DataInfo, image_size: int) -> None:
-    """Training needs stored images at least `image_size` on their shorter side: the augmentation
-    cuts its squares from them, and a smaller store would show the model only part of a square."""
+    """Training with the augmentation in the model needs stored images at least `image_size` on
+    their shorter side: the model's layer resamples within the square it is given, so a smaller
+    square would show it only part of the image. (The tf.data augmentation resamples to any size.)
+    """
     if image_size > info.stored_size:
         raise ValueError(
             f"image_size={image_size} is larger than the stored images ({info.stored_size} px on "
@@ -284,7 +286,7 @@ def make_dataset(
         raise ValueError(f"label_mode {label_mode!r} does not fit the {info.task} task {info.name}")
     if balance in ("class_weight", "oversample") and info.task != "binary":
         class_weights(info)  # raises the explanatory error
-    if training:
+    if training and augment_in_model:
         check_image_size(info, image_size)
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0

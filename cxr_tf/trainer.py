@@ -240,7 +240,8 @@ def train(
     num_outputs = (
         len(info.label_names) if (info.task == "multilabel" or cfg.activation == "softmax") else 1
     )
-    input_pipeline.check_image_size(info, cfg.image_size)
+    if cfg.augment_in_model:
+        input_pipeline.check_image_size(info, cfg.image_size)
     print(f"cxr_tf.train: {runtime.describe()}")
     steps, steps_per_execution = plan_epoch(
         input_pipeline.steps_per_epoch(info, "train", runtime.global_batch),
