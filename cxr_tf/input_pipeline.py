@@ -467,9 +467,13 @@ def _random_square(image, seed_pair, side: int):
     whole image when it is square. Nothing is resampled: the model's `RandomAugment` does that.
     """
     hw = tf.shape(image)[:2]
-    tf.debugging.assert_equal(
+    check = tf.debugging.assert_equal(
         tf.reduce_min(hw), side, message=f"a stored image's shorter side is not {side}"
     )
+    # Everything below waits for the check: in a graph, the shape check at the end could
+    # otherwise fail first with a message that names no cause.
+    with tf.control_dependencies([check]):
+        hw = tf.identity(hw)
     u = tf.random.stateless_uniform([2], seed=seed_pair)
     top = tf.cast(u[0] * tf.cast(hw[0] - side + 1, tf.float32), tf.int32)
     left = tf.cast(u[1] * tf.cast(hw[1] - side + 1, tf.float32), tf.int32)

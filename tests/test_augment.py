@@ -107,8 +107,11 @@ def test_squares_refuse_an_image_of_another_size():
     graph = tf.data.Dataset.from_tensors((image, seed)).map(
         lambda i, s: ip._random_square(i, s, 25)
     )
-    with pytest.raises(tf.errors.InvalidArgumentError, match="shorter side is not 25"):
-        next(iter(graph))
+    # In a graph the clear message used to lose a race to a shape check about 1 time in 20:
+    # several tries, so that a regression shows.
+    for _ in range(30):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="shorter side is not 25"):
+            next(iter(graph))
 
 
 def test_replicas_draw_different_augmentations():
