@@ -43,7 +43,9 @@ def test_notebook_runs_top_to_bottom_on_a_tpu_vm(path, tmp_path, monkeypatch):
     assert len(images) >= 4  # the evaluation plots and the Grad-CAM overlay, inline
     (runtime,) = (tmp_path / "work" / "runs").glob("*/runtime.json")
     rt = json.loads(runtime.read_text())
-    assert rt["num_replicas"] == 8 and rt["precision"] == "mixed_bfloat16"
+    # smoke mode trains the demo config, which fixes float32; the TPU configs' bfloat16 is
+    # tested on the CLI (tests/test_runtime.py)
+    assert rt["num_replicas"] == 8 and rt["device_kind"] == "TPU" and rt["backend"] == "jax"
     assert os.listdir(tmp_path / "work" / "gradcam")
 
 
