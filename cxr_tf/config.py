@@ -57,6 +57,7 @@ class Config:
     min_learning_rate: float = 1e-7
     steps_per_execution: int | None = None
     mixed_precision: str = "auto"
+    threshold_rule: str = "youden"  # youden, max_f1, sensitivity=S or fixed=T (on validation)
 
     def __post_init__(self):
         self.validate()
@@ -86,6 +87,9 @@ class Config:
                 f"config lr_reference_batch={self.lr_reference_batch!r}: give the global batch "
                 "size the learning rates are meant for, a whole number >= 1 (e.g. 16)"
             )
+        from cxr_tf.metrics import parse_threshold_rule
+
+        parse_threshold_rule(self.threshold_rule)  # names the rule and the choices
         if not self.stages:
             raise ValueError("config stages is empty; give at least one {epochs, learning_rate}")
         for i, stage in enumerate(self.stages):

@@ -4,11 +4,14 @@
         [--out DIR] [--thresholds FILE] [--bootstrap 1000]
 
 `--model` is a `.keras` file or a run folder (its `best.keras`). Every example of the split is
-predicted exactly once. Thresholds come from `--thresholds`, else the run folder's
-`thresholds.json` (chosen on the validation split during training), else 0.5; metrics.json
-says which. AUROC 95% intervals are bootstrapped over patients, not images, since one
-patient's images are not independent. Plots: roc.png, pr.png, confusion.png (single-label),
-gallery.png, distributions.png.
+predicted exactly once. Probabilities are calibrated as the run's thresholds.json says (see
+`cxr_tf.calibration`). The operating point: with `--threshold-rule R` (youden, max_f1,
+sensitivity=S, fixed=T), thresholds chosen by R on the validation split; else `--thresholds`,
+else the run folder's `thresholds.json` (chosen on validation during training), else 0.5.
+Every metric is reported at those thresholds and at 0.5, and metrics.json says which rule and
+split chose them. AUROC 95% intervals are bootstrapped over patients, not images, since one
+patient's images are not independent. Plots: roc.png (operating points marked), pr.png,
+reliability.png, distributions.png, gallery.png, confusion.png (pneumonia only).
 """
 
 from __future__ import annotations
@@ -85,23 +88,50 @@ def evaluate(
     bootstrap: int = 1000,
     seed: int = 0,
     gallery: int = 16,
+    threshold_rule: str | None = None,
 ) -> dict:
     """Predict `split` once, write metrics.json and the plots into `out_dir`; returns metrics."""
-    from cxr_tf.export import find_thresholds, label_info
+    from cxr_tf.calibration import expected_calibration_error
+    from cxr_tf.export import calibration_for, find_thresholds, label_info
     from cxr_tf.input_pipeline import read_info
     from cxr_tf.models import load_model
 
+    if threshold_rule is not None:
+        metrics.parse_threshold_rule(threshold_rule)  # a bad rule fails before any work
     model_path = resolve_model(model_path)
     out_dir = Path(out_dir) if out_dir else model_path.parent / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     info = read_info(data_dir, dataset)
     model = load_model(model_path)
-    preds = metrics.predict_split(model, data_dir, split, info.name)
     thresholds_file = thresholds_file or find_thresholds(model_path)
+    calibrator = calibration_for(model.output_shape[-1], thresholds_file)
+    preds = metrics.predict_split(model, data_dir, split, info.name)
+    preds.probs = calibrator.apply(preds.probs)
     names, thresholds, source = label_info(preds.probs.shape[1], thresholds_file)
+    rule = metrics.load_thresholds(thresholds_file).get("rule") if thresholds_file else None
+    if threshold_rule is not None:
+        val = metrics.predict_split(model, data_dir, "validation", info.name)
+        thresholds = metrics.choose_thresholds(
+            calibrator.apply(val.probs), val.labels, threshold_rule
+        )
+        rule, source = threshold_rule, "validation"
     if names[0].startswith("class_"):  # no thresholds file: name the outputs from the data
         names = info.label_names if preds.probs.shape[1] > 1 else [info.label_names[1]]
     result = metrics.summarize(preds.probs, preds.labels, thresholds, names)
+    at_half = metrics.summarize(preds.probs, preds.labels, [0.5] * len(names), names)
+    for j, name in enumerate(names):
+        result["classes"][name]["ece"] = expected_calibration_error(
+            preds.labels[:, j], preds.probs[:, j]
+        )
+    eces = [c["ece"] for c in result["classes"].values() if c["ece"] is not None]
+    result["macro"]["ece"] = float(np.mean(eces)) if eces else None
+    result["at_threshold_0.5"] = at_half
+    result["operating_point"] = {
+        "rule": rule or ("fixed=0.5" if source.startswith("default") else "as in the file"),
+        "chosen_on": source,
+        "thresholds": [float(t) for t in thresholds],
+        "calibration": calibrator.to_dict(),
+    }
     intervals = bootstrap_auroc(
         preds.labels, preds.probs, preds.patient_ids, n=bootstrap, seed=seed
     )
@@ -148,6 +178,9 @@ def _plots(
 
     plots.roc_curves(preds.labels, preds.probs, names, result, out_dir / "roc.png")
     plots.pr_curves(preds.labels, preds.probs, names, result, out_dir / "pr.png")
+    plots.reliability_diagrams(
+        preds.labels, preds.probs, names, result, out_dir / "reliability.png"
+    )
     plots.distributions(preds.labels, preds.probs, names, thresholds, out_dir / "distributions.png")
     if "confusion_matrix" in result:
         plots.confusion(result["confusion_matrix"], out_dir / "confusion.png")
@@ -176,6 +209,12 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", default=None, help="default: the run folder's thresholds.json")
     p.add_argument("--dataset", default=None, help="pneumonia or nih14 when --data holds both")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient resamples for the CIs")
+    p.add_argument(
+        "--threshold-rule",
+        default=None,
+        help="choose thresholds on the validation split: youden, max_f1, sensitivity=S or "
+        "fixed=T (default: the run's thresholds.json)",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
@@ -187,6 +226,7 @@ def main(argv=None) -> int:
             thresholds_file=args.thresholds,
             dataset=args.dataset,
             bootstrap=args.bootstrap,
+            threshold_rule=args.threshold_rule,
         )
     except (FileNotFoundError, ValueError) as err:
         return fail(err)
@@ -196,7 +236,11 @@ def main(argv=None) -> int:
 
 def format_summary(r: dict) -> str:
     """A short table of the headline numbers."""
-    lines = [f"{r['dataset']} {r['split']}: {r['n']} images, thresholds: {r['thresholds_source']}"]
+    op = r["operating_point"]
+    lines = [
+        f"{r['dataset']} {r['split']}: {r['n']} images, thresholds by {op['rule']} on "
+        f"{op['chosen_on']}"
+    ]
     lines.append(f"  {'class':<20} {'AUROC':>6}  {'95% CI':>13}  {'sens':>5} {'spec':>5} {'F1':>5}")
     for name, c in r["classes"].items():
         lo, hi = c["auroc_ci95"]
@@ -205,7 +249,12 @@ def format_summary(r: dict) -> str:
             f"  {name:<20} {_f(c['auroc']):>6}  {ci:>13}  {_f(c['sensitivity']):>5} "
             f"{_f(c['specificity']):>5} {_f(c['f1']):>5}"
         )
-    lines.append(f"  mean AUROC {_f(r['macro']['auroc'])}, accuracy {r['accuracy']:.3f}")
+    half = r["at_threshold_0.5"]
+    lines.append(
+        f"  mean AUROC {_f(r['macro']['auroc'])}, accuracy {r['accuracy']:.3f} at the chosen "
+        f"thresholds, {half['accuracy']:.3f} at 0.5 (sens {_f(half['macro']['sensitivity'])}, "
+        f"spec {_f(half['macro']['specificity'])}); mean ECE {_f(r['macro']['ece'])}"
+    )
     lines.append(f"  metrics and plots in {r['out_dir']}")
     return "\n".join(lines)
 

@@ -50,6 +50,15 @@ def label_info(num_outputs: int, thresholds_file=None) -> tuple[list[str], list[
     return [f"class_{i}" for i in range(num_outputs)], [0.5] * num_outputs, "default 0.5"
 
 
+def calibration_for(num_outputs: int, thresholds_file=None):
+    """The `cxr_tf.calibration.Calibration` a thresholds.json carries (identity without one)."""
+    from cxr_tf.calibration import Calibration
+    from cxr_tf.metrics import load_thresholds
+
+    data = load_thresholds(thresholds_file) if thresholds_file else {}
+    return Calibration.from_dict(data.get("calibration"), num_outputs)
+
+
 def export_model(model_path, out_dir, *, thresholds_file=None) -> Path:
     """Write the SavedModel for the `.keras` file `model_path` into `out_dir`; returns it.
 
@@ -90,8 +99,11 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
 
     contract = input_contract(model)
     names, thresholds, source = label_info(model.output_shape[-1], thresholds_file)
+    calibrator = calibration_for(model.output_shape[-1], thresholds_file)
     label_names = tf.constant(names)
     threshold_values = tf.constant(thresholds, tf.float32)
+    offset = tf.constant(calibrator.offset, tf.float32)
+    temperature = tf.constant(calibrator.temperature, tf.float32)
 
     def preprocess(encoded):
         image = eval_transform(decode(encoded), contract.image_size, contract.crop_fraction)
@@ -106,6 +118,9 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
             ),
         )
         probs = tf.cast(model(batch, training=False), tf.float32)
+        # the calibration of cxr_tf.calibration, as there: clipped logit, shift, temperature
+        p = tf.clip_by_value(probs, 1e-6, 1 - 1e-6)
+        probs = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p) + offset) / temperature)
         return {
             "probabilities": probs,
             "label_names": label_names,
@@ -126,7 +141,15 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
     assets.mkdir(exist_ok=True)
     shutil.copyfile(model_path, assets / MODEL_ASSET)
     (assets / LABELS_ASSET).write_text(
-        json.dumps({"label_names": names, "thresholds": thresholds, "source": source}, indent=2)
+        json.dumps(
+            {
+                "label_names": names,
+                "thresholds": thresholds,
+                "source": source,
+                "calibration": calibrator.to_dict(),
+            },
+            indent=2,
+        )
     )
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)  # a half-written export never replaces a good one

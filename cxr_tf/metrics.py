@@ -63,29 +63,69 @@ def predict_split(model, data_dir, split: str, dataset: str | None = None, *, ba
     return Predictions(np.concatenate(probs), np.concatenate(labels), image_ids, patient_ids)
 
 
-def choose_thresholds(probs: np.ndarray, labels: np.ndarray) -> list[float]:
-    """Per class, the threshold that maximises F1 (0.5 where a class has no positive)."""
+THRESHOLD_RULES = ("youden", "max_f1", "sensitivity=S", "fixed=T")
+
+
+def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
+    """`youden`, `max_f1`, `sensitivity=0.95` or `fixed=0.5` -> (name, value); ValueError else."""
+    name, _, value = str(rule).partition("=")
+    if name in ("youden", "max_f1") and not value:
+        return name, None
+    if name in ("sensitivity", "fixed") and value:
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if 0.0 < number < 1.0:
+            return name, number
+    raise ValueError(
+        f"threshold rule {rule!r} is not one of {THRESHOLD_RULES} (S and T between 0 and 1, "
+        "e.g. sensitivity=0.95)"
+    )
+
+
+def choose_thresholds(probs: np.ndarray, labels: np.ndarray, rule: str = "youden") -> list[float]:
+    """Per class, the decision threshold that `rule` picks on these predictions.
+
+    youden: the maximum of sensitivity + specificity - 1 (Youden's J), which does not depend on
+    the prevalence of the split it is chosen on; max_f1: the maximum F1, which does (it trades
+    specificity away where positives are common); sensitivity=S: the highest threshold that
+    keeps sensitivity >= S; fixed=T: T. A class with one label value only gets 0.5 (or T).
+    """
+    name, value = parse_threshold_rule(rule)
     out = []
     for j in range(probs.shape[1]):
         y, p = labels[:, j] > 0.5, probs[:, j]
-        if not y.any() or y.all():
-            out.append(0.5)
+        if name == "fixed" or not y.any() or y.all():
+            out.append(value if name == "fixed" else 0.5)
             continue
-        precision, recall, cuts = skm.precision_recall_curve(y, p)
-        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-        out.append(float(cuts[int(np.argmax(f1[:-1]))]))
+        if name == "max_f1":
+            precision, recall, cuts = skm.precision_recall_curve(y, p)
+            f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+            out.append(float(cuts[int(np.argmax(f1[:-1]))]))
+            continue
+        fpr, tpr, cuts = skm.roc_curve(y, p, drop_intermediate=False)
+        cuts = np.minimum(cuts, 1.0)  # scikit-learn's first cut is inf: nothing positive
+        if name == "youden":
+            out.append(float(cuts[int(np.argmax(tpr - fpr))]))
+        else:  # the first (highest) cut whose sensitivity reaches S
+            out.append(float(cuts[int(np.argmax(tpr >= value))]))
     return out
 
 
-def save_thresholds(path, label_names, thresholds, source: str) -> None:
-    """Write thresholds.json: label names, thresholds, and where they come from."""
+def save_thresholds(
+    path, label_names, thresholds, source: str, rule: str = "youden", calibration=None
+) -> None:
+    """Write thresholds.json: label names, thresholds, the rule and split that chose them, and
+    the calibration (see `cxr_tf.calibration`) the thresholds apply to."""
     Path(path).write_text(
         json.dumps(
             {
                 "label_names": list(label_names),
                 "thresholds": [float(t) for t in thresholds],
                 "source": source,
-                "method": "max F1" if source != "default" else "0.5",
+                "rule": rule,
+                "calibration": calibration.to_dict() if calibration is not None else None,
             },
             indent=2,
         )

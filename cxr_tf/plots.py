@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 
-def _grid(n: int, size: float = 3.2):
+def _grid(n: int, size: float = 4.2):
     cols = min(n, 4)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
@@ -30,8 +30,10 @@ def _save(fig, path):
 
 
 def roc_curves(labels, probs, names, result, path):
-    """One ROC panel per class with its AUROC (and 95% CI) in the legend."""
+    """One ROC panel per class with its AUROC (and 95% CI) in the legend, and the operating
+    points marked: the chosen threshold, and 0.5 when evaluation reports it."""
     fig, axes = _grid(len(names))
+    half = result.get("at_threshold_0.5", {}).get("classes", {})
     for j, (ax, name) in enumerate(zip(axes, names, strict=False)):
         y = labels[:, j] > 0.5
         c = result["classes"][name]
@@ -40,6 +42,27 @@ def roc_curves(labels, probs, names, result, path):
             ci = c.get("auroc_ci95") or (None, None)
             extra = f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci[0] is not None else ""
             ax.plot(fpr, tpr, lw=2, label=f"AUROC {c['auroc']:.3f}{extra}")
+            points = [(c, "o", "C3", "chosen")]
+            if name in half:
+                points.append((half[name], "s", "C2", "0.5"))
+            for point, marker, color, what in points:
+                ax.plot(
+                    1 - point["specificity"],
+                    point["sensitivity"],
+                    marker,
+                    color=color,
+                    ms=8,
+                    label=f"{what} threshold {point['threshold']:.2f}: sens "
+                    f"{point['sensitivity']:.2f}, spec {point['specificity']:.2f}",
+                )
+        else:
+            ax.text(
+                0.5,
+                0.55,
+                f"no {'negatives' if y.all() else 'positives'} in this split",
+                ha="center",
+                transform=ax.transAxes,
+            )
         ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
         ax.set(
             title=name, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01)
@@ -62,6 +85,40 @@ def pr_curves(labels, probs, names, result, path):
         ax.set(title=name, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
         ax.legend(loc="lower left", fontsize=8)
     fig.suptitle("Precision-recall curves")
+    _save(fig, path)
+
+
+def reliability_diagrams(labels, probs, names, result, path):
+    """Per class, the positive rate against the mean predicted probability in 10 bins (the
+    diagonal is perfect calibration), with the expected calibration error and bin counts."""
+    from cxr_tf.calibration import reliability
+
+    fig, axes = _grid(len(names))
+    for j, (ax, name) in enumerate(zip(axes, names, strict=False)):
+        centres, mean_p, rate, count = reliability(labels[:, j], probs[:, j])
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect")
+        if len(centres):
+            ax.bar(centres, rate, width=0.09, alpha=0.35, color="C0", label="positive rate")
+            ax.plot(mean_p, rate, "o-", color="C0", label="per bin")
+            for x, r, n in zip(mean_p, rate, count, strict=True):
+                ax.annotate(
+                    str(n),
+                    (x, r),
+                    textcoords="offset points",
+                    xytext=(0, 5),
+                    ha="center",
+                    fontsize=7,
+                )
+        ece = result["classes"][name].get("ece")
+        ax.set(
+            title=f"{name}" + (f"  (ECE {ece:.3f})" if ece is not None else ""),
+            xlabel="mean predicted probability",
+            ylabel="share positive",
+            xlim=(0, 1),
+            ylim=(0, 1.05),
+        )
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle("Reliability (calibration) diagrams; numbers: images per bin")
     _save(fig, path)
 
 

@@ -94,7 +94,13 @@ class Predictor:
     """Loads a SavedModel, `.keras` file or run folder and predicts encoded images."""
 
     def __init__(self, model_path):
-        from cxr_tf.export import LABELS_ASSET, MODEL_ASSET, find_thresholds, label_info
+        from cxr_tf.export import (
+            LABELS_ASSET,
+            MODEL_ASSET,
+            calibration_for,
+            find_thresholds,
+            label_info,
+        )
 
         path = Path(model_path).expanduser()
         if (
@@ -106,6 +112,7 @@ class Predictor:
         self.serving = None
         self.keras_path = None
         self._keras = None
+        self.calibration = None  # a SavedModel applies its own
         if path.is_dir() and (path / "saved_model.pb").is_file():
             import tensorflow as tf
 
@@ -120,6 +127,7 @@ class Predictor:
             self.label_names, self.thresholds, _ = label_info(
                 model.output_shape[-1], find_thresholds(path)
             )
+            self.calibration = calibration_for(model.output_shape[-1], find_thresholds(path))
         else:
             raise FileNotFoundError(
                 f"--model {str(model_path)!r} is not a SavedModel folder, a .keras file or a run "
@@ -157,7 +165,8 @@ class Predictor:
             if self.serving is not None:
                 return self.serving(images=tf.constant([data]))["probabilities"].numpy()[0]
             out = self.keras_model()(self.preprocess(data), training=False)
-            return np.asarray(keras.ops.convert_to_numpy(out), np.float32)[0]
+            probs = np.asarray(keras.ops.convert_to_numpy(out), np.float32)
+            return self.calibration.apply(probs)[0]
         except tf.errors.InvalidArgumentError as err:
             raise ValueError(f"not a readable image ({err.message.splitlines()[0][:120]})") from err
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from cxr_tf import calibration, input_pipeline, metrics, models
 from cxr_tf import config as config_lib
-from cxr_tf import input_pipeline, metrics, models
 from cxr_tf.losses import make_loss
 from cxr_tf.runtime import Runtime, default_precision, default_steps_per_execution
 
@@ -409,11 +409,23 @@ def train(
     preds = metrics.predict_split(
         model, data_dir, "validation", cfg.dataset, batch_size=runtime.global_batch
     )
-    probs, labels = preds.probs, preds.labels
-    thresholds = metrics.choose_thresholds(probs, labels)
+    calibrator = fit_calibration(cfg, info, preds.probs, preds.labels)
+    probs, labels = calibrator.apply(preds.probs), preds.labels
+    thresholds = metrics.choose_thresholds(probs, labels, cfg.threshold_rule)
     label_names = info.label_names if num_outputs > 1 else [info.label_names[1]]
-    metrics.save_thresholds(workdir / "thresholds.json", label_names, thresholds, "validation")
+    metrics.save_thresholds(
+        workdir / "thresholds.json",
+        label_names,
+        thresholds,
+        "validation",
+        cfg.threshold_rule,
+        calibrator,
+    )
     val_metrics = metrics.summarize(probs, labels, thresholds, label_names)
+    val_metrics["ece"] = [
+        calibration.expected_calibration_error(labels[:, j], probs[:, j])
+        for j in range(probs.shape[1])
+    ]
     (workdir / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2))
     export_dir = _export(best_path, workdir)
     summary = {
@@ -431,6 +443,21 @@ def train(
     for stage_end in workdir.glob("stage*_end.weights.h5"):
         stage_end.unlink()
     return summary
+
+
+def fit_calibration(cfg, info, probs, labels) -> calibration.Calibration:
+    """The prior correction for oversampling and the validation-fitted temperatures (sigmoid
+    outputs; softmax ones stay as they are). See `cxr_tf.calibration`."""
+    if cfg.activation == "softmax":
+        return calibration.Calibration.identity(probs.shape[1])
+    offset = np.zeros(probs.shape[1])
+    if cfg.balance == "oversample":  # single-label: one output, the second class's probability
+        weights = cfg.oversample_ratio or [1.0] * len(info.label_names)
+        train_prior = weights[1] / sum(weights)
+        counts = info.splits["train"]["class_counts"]
+        data_prior = counts[info.label_names[1]] / info.num_examples("train")
+        offset[0] = calibration.prior_offset(train_prior, data_prior)
+    return calibration.fit(probs, labels, offset)
 
 
 def _export(best_path: Path, workdir: Path) -> str | None:

@@ -50,14 +50,46 @@ def test_softmax_accuracy_is_argmax_accuracy():
     assert r["accuracy"] == pytest.approx(skm.accuracy_score(y.argmax(1), p.argmax(1)))
 
 
-def test_thresholds_maximise_f1():
+def test_threshold_rules_pick_what_they_say():
     probs, labels = _data(seed=2)
-    chosen = metrics.choose_thresholds(probs, labels)
-    for j, t in enumerate(chosen):
+    for rule, score in (
+        ("max_f1", lambda y, pred: skm.f1_score(y, pred)),
+        ("youden", lambda y, pred: skm.recall_score(y, pred) + skm.recall_score(~y, ~pred) - 1),
+    ):
+        for j, t in enumerate(metrics.choose_thresholds(probs, labels, rule)):
+            y = labels[:, j] > 0.5
+            best = max(score(y, probs[:, j] >= u) for u in np.unique(probs[:, j]))
+            assert score(y, probs[:, j] >= t) == pytest.approx(best), rule
+    for j, t in enumerate(metrics.choose_thresholds(probs, labels, "sensitivity=0.95")):
         y = labels[:, j] > 0.5
-        best = max(skm.f1_score(y, probs[:, j] >= u) for u in np.unique(probs[:, j]))
-        assert skm.f1_score(y, probs[:, j] >= t) == pytest.approx(best)
+        assert skm.recall_score(y, probs[:, j] >= t) >= 0.95
+        higher = probs[:, j][probs[:, j] > t].min()  # the next cut up misses the target
+        assert skm.recall_score(y, probs[:, j] >= higher) < 0.95
+    assert metrics.choose_thresholds(probs, labels, "fixed=0.3") == [0.3] * 3
     assert metrics.choose_thresholds(probs[:, :1], np.zeros((400, 1))) == [0.5]
+    with pytest.raises(ValueError, match="threshold rule 'sensitivity=95' is not one of"):
+        metrics.choose_thresholds(probs, labels, "sensitivity=95")
+
+
+def test_youden_holds_when_prevalence_moves_and_max_f1_does_not():
+    """The issue's situation: validation with 88% positives, a test set with 62.5%. Scores of
+    one model (same class-conditional distributions) on both; Youden's J, chosen on validation,
+    keeps accuracy on the test set where max-F1 gives specificity away."""
+    rng = np.random.default_rng(7)
+
+    def split(n, prevalence):
+        y = rng.random(n) < prevalence
+        score = np.where(y, rng.normal(1.5, 1.0, n), rng.normal(-1.5, 1.0, n))
+        return 1 / (1 + np.exp(-score))[:, None], y.astype(np.float32)[:, None]
+
+    (pv, yv), (pt, yt) = split(4000, 0.88), split(4000, 0.625)
+    accuracy = {
+        rule: float(
+            ((pt[:, 0] >= metrics.choose_thresholds(pv, yv, rule)[0]) == (yt[:, 0] > 0.5)).mean()
+        )
+        for rule in ("youden", "max_f1")
+    }
+    assert accuracy["youden"] > accuracy["max_f1"] + 0.01, accuracy
 
 
 def test_fast_auroc_matches_sklearn_with_ties():
@@ -85,9 +117,15 @@ def test_bootstrap_over_patients_contains_estimate_and_shrinks():
 
 
 def test_thresholds_file_round_trip(tmp_path):
-    metrics.save_thresholds(tmp_path / "t.json", ["A", "B"], [0.2, 0.7], "validation")
+    from cxr_tf.calibration import Calibration
+
+    cal = Calibration([0.0, -1.0], [1.5, 0.8])
+    metrics.save_thresholds(
+        tmp_path / "t.json", ["A", "B"], [0.2, 0.7], "validation", "youden", cal
+    )
     data = metrics.load_thresholds(tmp_path / "t.json")
     assert data["label_names"] == ["A", "B"] and data["thresholds"] == [0.2, 0.7]
+    assert data["rule"] == "youden" and data["calibration"] == cal.to_dict()
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a cxr_tf thresholds file"):
         metrics.load_thresholds(tmp_path / "bad.json")
