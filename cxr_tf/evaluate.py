@@ -108,13 +108,14 @@ def evaluate(
     preds = metrics.predict_split(model, data_dir, split, info.name)
     preds.probs = calibrator.apply(preds.probs)
     names, thresholds, source = label_info(preds.probs.shape[1], thresholds_file)
-    rule = metrics.load_thresholds(thresholds_file).get("rule") if thresholds_file else None
+    saved = metrics.load_thresholds(thresholds_file) if thresholds_file else {}
+    rule, chosen_on = saved.get("rule"), saved.get("source", "default")
     if threshold_rule is not None:
         val = metrics.predict_split(model, data_dir, "validation", info.name)
         thresholds = metrics.choose_thresholds(
             calibrator.apply(val.probs), val.labels, threshold_rule
         )
-        rule, source = threshold_rule, "validation"
+        rule, chosen_on, source = threshold_rule, "validation", f"{threshold_rule} on validation"
     if names[0].startswith("class_"):  # no thresholds file: name the outputs from the data
         names = info.label_names if preds.probs.shape[1] > 1 else [info.label_names[1]]
     result = metrics.summarize(preds.probs, preds.labels, thresholds, names)
@@ -127,8 +128,9 @@ def evaluate(
     result["macro"]["ece"] = float(np.mean(eces)) if eces else None
     result["at_threshold_0.5"] = at_half
     result["operating_point"] = {
-        "rule": rule or ("fixed=0.5" if source.startswith("default") else "as in the file"),
-        "chosen_on": source,
+        "rule": rule or ("fixed=0.5" if not saved else "max_f1"),  # files before rules: max F1
+        "chosen_on": chosen_on,
+        "thresholds_file": str(thresholds_file) if thresholds_file else None,
         "thresholds": [float(t) for t in thresholds],
         "calibration": calibrator.to_dict(),
     }

@@ -10,10 +10,18 @@ from sklearn import metrics as skm
 
 from cxr_tf import metrics, models
 from cxr_tf.evaluate import evaluate, main
+from cxr_tf.export import calibration_for
 from cxr_tf.input_pipeline import read_info
 
 pytestmark = pytest.mark.slow
-PLOTS = ("roc.png", "pr.png", "confusion.png", "gallery.png", "distributions.png")
+PLOTS = (
+    "roc.png",
+    "pr.png",
+    "confusion.png",
+    "gallery.png",
+    "distributions.png",
+    "reliability.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,8 @@ def test_metrics_json_agrees_with_sklearn(evaluated, trained_run, pneumonia_data
     preds = metrics.predict_split(
         models.load_model(trained_run / "best.keras"), pneumonia_data, "test"
     )
-    y, p = preds.labels[:, 0] > 0.5, preds.probs[:, 0]
+    calibrate = calibration_for(1, trained_run / "thresholds.json").apply
+    y, p = preds.labels[:, 0] > 0.5, calibrate(preds.probs)[:, 0]
     t = json.loads((trained_run / "thresholds.json").read_text())["thresholds"][0]
     c = saved["classes"]["PNEUMONIA"]
     assert c["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-6)
@@ -84,3 +93,31 @@ def test_cli_prints_the_table_and_takes_thresholds(trained_run, pneumonia_data, 
     assert saved["classes"]["PNEUMONIA"]["threshold"] == 0.5
     assert main(["--model", str(tmp_path / "none.keras"), "--data", str(pneumonia_data)]) == 2
     assert "neither a .keras file nor a run folder" in capsys.readouterr().err
+
+
+def test_operating_points_at_the_chosen_threshold_and_at_half(
+    evaluated, trained_run, pneumonia_data
+):
+    result, out = evaluated
+    saved = json.loads((out / "metrics.json").read_text())
+    op = saved["operating_point"]
+    assert op["rule"] == "youden" and op["chosen_on"] == "validation"
+    assert saved["at_threshold_0.5"]["classes"]["PNEUMONIA"]["threshold"] == 0.5
+    assert 0 <= saved["classes"]["PNEUMONIA"]["ece"] <= 1 and saved["macro"]["ece"] is not None
+    # another rule, chosen on the validation split (never on the split evaluated)
+    other = evaluate(
+        trained_run,
+        pneumonia_data,
+        out_dir=out / "f1",
+        bootstrap=0,
+        gallery=0,
+        threshold_rule="sensitivity=0.99",
+    )
+    assert other["operating_point"]["rule"] == "sensitivity=0.99"
+    model = models.load_model(trained_run / "best.keras")
+    val = metrics.predict_split(model, pneumonia_data, "validation")
+    calibrate = calibration_for(1, trained_run / "thresholds.json").apply
+    expected = metrics.choose_thresholds(calibrate(val.probs), val.labels, "sensitivity=0.99")
+    assert other["operating_point"]["thresholds"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="threshold rule 'best' is not one of"):
+        evaluate(trained_run, pneumonia_data, out_dir=out / "bad", threshold_rule="best")

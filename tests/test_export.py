@@ -28,14 +28,19 @@ def _stored_examples(data, n=6):
 
 
 def test_serving_equals_keras_on_the_pipeline_tensor(served, trained_run, pneumonia_data):
+    """The SavedModel on the raw bytes = the Keras model on the pipeline's evaluation tensor,
+    then the run's calibration (thresholds.json)."""
+    from cxr_tf.export import calibration_for
+
     fn, _ = served
     model = models.load_model(trained_run / "best.keras")
     c = models.input_contract(model)
+    calibrate = calibration_for(1, trained_run / "thresholds.json").apply
     for encoded in _stored_examples(pneumonia_data):
         pipeline_tensor = input_pipeline.eval_transform(
             tf.io.decode_image(encoded, channels=1), c.image_size, c.crop_fraction
         )
-        expected = model(pipeline_tensor[None], training=False).numpy()
+        expected = calibrate(model(pipeline_tensor[None], training=False).numpy())
         got = fn(images=tf.constant([encoded]))["probabilities"].numpy()
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
