@@ -118,7 +118,7 @@ def reliability_diagrams(labels, probs, names, result, path):
             ylim=(0, 1.05),
         )
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle("Reliability (calibration) diagrams; numbers: images per bin")
+    fig.suptitle("Reliability (numbers: images per bin)")
     _save(fig, path)
 
 
