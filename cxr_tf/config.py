@@ -106,6 +106,11 @@ class Config:
             raise ValueError(
                 f"config augment_in_model={self.augment_in_model!r}: use true or false"
             )
+        if self.balance == "pos_weight" and self.loss != "weighted_bce":
+            raise ValueError(
+                f"balance='pos_weight' with loss={self.loss!r} does nothing: the positive "
+                "weights go into the loss, so set loss: weighted_bce (or another balance)"
+            )
         if (self.activation == "softmax") != (self.loss == "cce"):
             raise ValueError(
                 f"activation={self.activation!r} with loss={self.loss!r}: softmax goes with "

@@ -47,6 +47,9 @@ def test_overrides_and_round_trip(tmp_path):
         (["stages=[]"], "stages is empty"),
         (["stages=[{epochs: 1}]"], "needs epochs and learning_rate"),
         (["activation=softmax"], "softmax goes with loss cce"),
+        (["balance=pos_weight"], "balance='pos_weight' with loss='bce' does nothing"),
+        (["threshold_rule=best"], "threshold rule 'best' is not one of"),
+        (["lr_reference_batch=0"], "lr_reference_batch=0"),
     ],
 )
 def test_bad_values_are_named(overrides, message):
