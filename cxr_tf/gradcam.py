@@ -10,6 +10,8 @@ the output of the last dense block after its final BatchNorm.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -45,3 +47,45 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarr
     heat = colormaps["jet"](upsample(cam, gray.shape[0]))[..., :3]
     rgb = (1 - alpha) * np.repeat(gray[..., None], 3, axis=-1) + alpha * heat
     return np.clip(rgb * 255, 0, 255).astype(np.uint8)
+
+
+def eval_crop_box(height: int, width: int, image_size: int, crop_fraction: float):
+    """(top, left, side) in the original image's pixels of the square that the evaluation
+    transform (`input_pipeline.eval_transform`) shows the model: the shorter side resized to
+    ceil(S / crop_fraction), then the centre S x S."""
+    short = math.ceil(image_size / crop_fraction)
+    scale = max(short / min(height, width), image_size / min(height, width))
+    side = image_size / scale
+    return (height - side) / 2, (width - side) / 2, side
+
+
+def figure(original, cam, box, title: str, path, *, alpha: float = 0.45) -> None:
+    """A PNG of the whole image as the user gave it (gray, at its aspect ratio, about 900 px
+    wide), the heatmap over the part the model saw (`box` from `eval_crop_box`, outlined), a
+    colour bar, and `title` (finding, probability, threshold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gray = np.asarray(original, np.float32)
+    h, w = gray.shape
+    top, left, side = box
+    fig, ax = plt.subplots(figsize=(7.5 * w / max(h, w) + 1.5, 7.5 * h / max(h, w) + 0.8))
+    ax.imshow(gray, cmap="gray", extent=(0, w, h, 0))
+    shown = ax.imshow(
+        upsample(cam, 224),
+        cmap="jet",
+        alpha=alpha,
+        vmin=0,
+        vmax=1,
+        extent=(left, left + side, top + side, top),
+    )
+    ax.add_patch(plt.Rectangle((left, top), side, side, fill=False, ec="white", lw=0.8, ls="--"))
+    ax.set(xlim=(0, w), ylim=(h, 0), xticks=[], yticks=[])
+    ax.set_title(title, fontsize=12)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("Grad-CAM (relative)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

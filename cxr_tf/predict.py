@@ -196,27 +196,35 @@ def predict_files(
             for i in order
         ]
         if gradcam_dir is not None:
-            result.gradcam = _write_gradcams(predictor, data, path, order, Path(gradcam_dir))
+            result.gradcam = _write_gradcams(predictor, data, path, order, probs, Path(gradcam_dir))
         results.append(result)
     return results
 
 
-def _write_gradcams(predictor, data, path, classes, out_dir: Path) -> list[str]:
+def _write_gradcams(predictor, data, path, classes, probs, out_dir: Path) -> list[str]:
+    """One figure per class: the whole image as given, its Grad-CAM over the part the model
+    saw, and the finding's probability and threshold in the title."""
     from PIL import Image
 
     from cxr_tf import gradcam
+    from cxr_tf.models import input_contract
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model = predictor.keras_model()
+    contract = input_contract(model)
     batch = predictor.preprocess(data)
+    original = np.asarray(Image.open(io.BytesIO(data)).convert("L"), np.float32) / 255.0
+    box = gradcam.eval_crop_box(*original.shape, contract.image_size, contract.crop_fraction)
     written = []
     for c in classes:
         cam = gradcam.heatmaps(model, batch, int(c))[0]
-        name = f"{path.stem}_{predictor.label_names[c]}.png"
-        picture = Image.fromarray(gradcam.overlay(batch[0], cam))
-        side = max(256, picture.width)  # small model inputs are too small to look at
-        picture.resize((side, side), Image.Resampling.BICUBIC).save(out_dir / name)
-        written.append(str(out_dir / name))
+        name = predictor.label_names[c]
+        p, t = float(probs[c]), float(predictor.thresholds[c])
+        verdict = "POSITIVE" if p >= t else "negative"
+        title = f"{name}: probability {p:.2f} (threshold {t:.2f}, {verdict})"
+        target = out_dir / f"{path.stem}_{name}.png"
+        gradcam.figure(original, cam, box, title, target)
+        written.append(str(target))
     return written
 
 

@@ -62,7 +62,7 @@ def test_text_output_and_gradcam_files(trained_run, image_folder, tmp_path, caps
     assert code == 0 and "PNEUMONIA" in out and "threshold" in out
     (png,) = tmp_path.glob("*.png")
     img = np.asarray(Image.open(png))
-    assert img.ndim == 3 and img.shape[2] == 3 and img.std() > 5
+    assert img.shape[1] >= 800 and img.shape[2] in (3, 4) and img.std() > 5  # readable size
     assert main(["--model", str(tmp_path / "nope"), str(one)]) == 2
     assert "is not a SavedModel folder" in capsys.readouterr().err
 
@@ -100,3 +100,20 @@ def test_gradcam_heat_sits_on_the_synthetic_opacity(trained_run, pneumonia_data)
     assert len(shares) >= 3
     assert min(shares.values()) > 0.5, f"heat not on the opacity's side: {shares}"
     assert np.mean(list(shares.values())) > 0.62, shares
+
+
+def test_gradcam_box_is_the_part_of_the_image_the_model_sees():
+    """The overlay maps the model's square back onto the whole image as given: the box of
+    `eval_crop_box`, cut from the original and resized, is what `eval_transform` produces."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    h, w, size = 300, 420, 64  # a wide image, like a pediatric chest
+    smooth = np.cumsum(np.cumsum(rng.random((h, w)), 0), 1)
+    original = (255 * smooth / smooth.max()).astype(np.uint8)
+    top, left, side = gradcam.eval_crop_box(h, w, size, 0.875)
+    assert side == pytest.approx(0.875 * h, rel=0.02) and left > top
+    expected = input_pipeline.eval_transform(tf.constant(original[..., None]), size).numpy()[..., 0]
+    crop = original[round(top) : round(top + side), round(left) : round(left + side)]
+    mine = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR)) / 255
+    assert np.abs(mine - expected).mean() < 0.01
