@@ -66,6 +66,8 @@ class Config:
         """Raise ValueError naming the bad key, its value and what is allowed."""
         from cxr_tf.convert import DATASETS
 
+        self._check_types()
+
         checks = [
             ("dataset", self.dataset in DATASETS, sorted(DATASETS)),
             ("balance", self.balance in BALANCE_MODES, BALANCE_MODES),
@@ -117,12 +119,55 @@ class Config:
                 "loss cce, sigmoid with bce or weighted_bce"
             )
 
+    def _check_types(self) -> None:
+        """Each key's value has its declared type (YAML gives `abc` as a string, `16` as an int,
+        `1e-3` as a float); whole numbers count as floats, nothing counts as an int but ints."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            names = [t.strip() for t in str(f.type).split("|")]
+            if value is None and "None" in names:
+                continue
+            allowed = {
+                "int": (int,),
+                "float": (int, float),
+                "str": (str,),
+                "bool": (bool,),
+                "list": (list,),
+                "dict": (dict,),
+            }
+            types = tuple(t for n in names for t in allowed.get(n, ()))
+            wrong_bool = isinstance(value, bool) and "bool" not in names
+            if not isinstance(value, types) or wrong_bool:
+                raise ValueError(
+                    f"config {f.name}={value!r} ({type(value).__name__}) should be "
+                    + " or ".join(n.replace("None", "null") for n in names)
+                    + f", e.g. --set {f.name}={_example(f)}"
+                )
+        positive = (
+            "image_size",
+            "batch_size",
+            "lr_reference_batch",
+            "steps_per_epoch",
+            "steps_per_execution",
+        )
+        for key in positive:
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"config {key}={value} must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"config dropout={self.dropout} must be in [0, 1)")
+
     @property
     def total_epochs(self) -> int:
         return sum(int(s["epochs"]) for s in self.stages)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _example(f) -> str:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _fields() -> dict:

@@ -1,5 +1,6 @@
 """cxr_tf.config: every shipped config loads and documents itself; overrides; clear errors."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,14 @@ def test_overrides_and_round_trip(tmp_path):
         (["balance=pos_weight"], "balance='pos_weight' with loss='bce' does nothing"),
         (["threshold_rule=best"], "threshold rule 'best' is not one of"),
         (["lr_reference_batch=0"], "lr_reference_batch=0"),
+        (["batch_size=abc"], "config batch_size='abc' (str) should be int, e.g. --set batch_size="),
+        (["dropout=high"], "config dropout='high' (str) should be float"),
+        (["image_size=12.5"], "config image_size=12.5 (float) should be int"),
+        (["augment_in_model=3"], "config augment_in_model=3 (int) should be bool"),
+        (["steps_per_epoch=0"], "config steps_per_epoch=0 must be at least 1"),
+        (["stages=5"], "config stages=5 (int) should be list"),
     ],
 )
 def test_bad_values_are_named(overrides, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         config.load(CONFIGS[0], overrides)
