@@ -266,6 +266,19 @@ def convert(
     start = time.perf_counter()
     module = _check_args(dataset, image_size, image_format, val_fraction, test_fraction, limit)
     workers = workers or os.cpu_count() or 1
+    blocking = next(
+        (
+            q
+            for q in (Path(out).expanduser(), *Path(out).expanduser().parents)
+            if q.exists() and not q.is_dir()
+        ),
+        None,
+    )
+    if blocking is not None:
+        raise ValueError(
+            f"--out {str(out)!r}: {str(blocking)!r} is a file, not a folder; give a "
+            "folder to write the TFRecords into (it is created)"
+        )
     out_dir = Path(out).expanduser() / dataset / VERSION
     if is_complete(out_dir):
         if not overwrite:

@@ -1,6 +1,6 @@
 """The README's first command: the whole flow on a bundled synthetic dataset, on a CPU.
 
-    python -m cxr_tf.demo [--workdir demo_out] [--dataset pneumonia] [--num-images 400]
+    python -m cxr_tf.demo [--workdir demo_out] [--dataset {pneumonia,nih14}] [--num-images 400]
 
 synthetic raw archive (real Kaggle layout) -> convert -> train (training/demo.yaml) ->
 evaluate (metrics + plots) -> export (SavedModel taking image bytes) -> predict with Grad-CAM,
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from cxr_tf import synthetic
+from cxr_tf.cli import fail
 
 _WRITERS = {"pneumonia": synthetic.write_pneumonia, "nih14": synthetic.write_nih14}
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "training" / "demo.yaml"
@@ -66,7 +67,7 @@ def run_demo(
         print(result.summary())
         dataset_dir = result.dataset_dir
     _stage("3/5 train (training/demo.yaml) and export")
-    run_dir = workdir / "run"
+    run_dir = workdir / "runs" / dataset  # one per dataset: --dataset nih14 after pneumonia
     train.run(
         config,
         data=data,
@@ -76,13 +77,13 @@ def run_demo(
         verbose=2,
     )
     _stage("4/5 evaluate on the test split")
-    metrics = evaluate.evaluate(run_dir, data, split="test", out_dir=workdir / "evaluation")
+    metrics = evaluate.evaluate(run_dir, data, split="test", out_dir=run_dir / "evaluation")
     print(evaluate.format_summary(metrics))
     _stage("5/5 predict with Grad-CAM")
     test_images = _sample_test_images(raw, dataset)
     predictor = predict.Predictor(run_dir / "saved_model")
     results = predict.predict_files(
-        predictor, test_images, top_k=3, gradcam_dir=workdir / "gradcam"
+        predictor, test_images, top_k=3, gradcam_dir=run_dir / "gradcam"
     )
     for r in results:
         print(predict.format_result(r))
@@ -92,9 +93,9 @@ def run_demo(
         "run folder": run_dir,
         "best model": run_dir / "best.keras",
         "SavedModel": run_dir / "saved_model",
-        "metrics": workdir / "evaluation" / "metrics.json",
-        "plots": workdir / "evaluation",
-        "grad-cam": workdir / "gradcam",
+        "metrics": run_dir / "evaluation" / "metrics.json",
+        "plots": run_dir / "evaluation",
+        "grad-cam": run_dir / "gradcam",
     }
     print(
         f"\nDemo done in {time.perf_counter() - start:.0f} s. Test mean AUROC "
@@ -107,21 +108,35 @@ def run_demo(
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cxr_tf.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", default="demo_out")
-    p.add_argument("--dataset", default="pneumonia", choices=sorted(_WRITERS))
-    p.add_argument("--num-images", type=int, default=400)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strategy", default="auto")
+    from cxr_tf.runtime import STRATEGIES, RuntimeErrorWithHint
+
+    p = argparse.ArgumentParser(
+        prog="python -m cxr_tf.demo",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--workdir", default="demo_out", help="folder for everything the demo makes")
+    p.add_argument("--dataset", default="pneumonia", choices=sorted(_WRITERS), help="which archive")
+    p.add_argument("--num-images", type=int, default=400, help="size of the synthetic archive")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic archive")
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="see cxr_tf.train")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    run_demo(
-        args.workdir,
-        dataset=args.dataset,
-        num_images=args.num_images,
-        seed=args.seed,
-        strategy=args.strategy,
-    )
+    workdir = Path(args.workdir)
+    if workdir.exists() and not workdir.is_dir():
+        return fail(f"--workdir {str(workdir)!r} is a file; give a folder (it is created)")
+    if args.num_images < 20:
+        return fail(f"--num-images {args.num_images} is too few to split; use 20 or more")
+    try:
+        run_demo(
+            workdir,
+            dataset=args.dataset,
+            num_images=args.num_images,
+            seed=args.seed,
+            strategy=args.strategy,
+        )
+    except (ValueError, FileNotFoundError, ImportError, RuntimeErrorWithHint) as err:
+        return fail(err)
     return 0
 
 

@@ -226,7 +226,6 @@ def train(
         # Several hosts: process 0 owns the run folder; the others keep their copies (resume
         # state, checkpoints) apart, so that hosts sharing a file system never write one file.
         workdir = workdir / f"process-{runtime.process_index}"
-    workdir.mkdir(parents=True, exist_ok=True)
     if _check_workdir(workdir, cfg):
         print(f"{workdir} holds a finished run; nothing to do (use a new --workdir to retrain)")
         return json.loads((workdir / "done.json").read_text())
@@ -280,7 +279,9 @@ def train(
             augment=cfg.augment if cfg.augment_in_model else None,
             seed=cfg.seed,
         )
-    # Written once the config has proved buildable, so a typo never claims the run folder.
+    # Written once the data and the config have proved usable, so a typo never claims (or
+    # leaves behind) the run folder.
+    workdir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, workdir / "config.yaml")
     (workdir / "runtime.json").write_text(
         runtime.to_json(

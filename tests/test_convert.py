@@ -310,6 +310,13 @@ def test_bad_arguments_name_the_value(pneumonia_src, tmp_path, kwargs, message):
         convert(args.pop("dataset"), args.pop("source"), args.pop("out"), **args)
 
 
+def test_out_naming_a_file_is_a_clear_error(pneumonia_src, tmp_path):
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file", tmp_path / "file" / "below"):
+        with pytest.raises(ValueError, match="is a file, not a folder"):
+            convert("pneumonia", pneumonia_src["root"], out)
+
+
 def test_source_without_the_archive_says_where_to_point(tmp_path, capsys):
     with pytest.raises(SourceError, match="not a folder"):
         convert("pneumonia", tmp_path / "nope", tmp_path / "out")

@@ -58,3 +58,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert list(Path(out["paths"]["grad-cam"]).glob("*.png"))
     assert out["metrics"]["macro"]["auroc"] >= 0.9
     assert "Demo done" in printed and "Test mean AUROC" in printed
+
+
+def test_demo_bad_input_is_one_line(tmp_path, capsys):
+    from cxr_tf.demo import main
+
+    (tmp_path / "file").write_text("")
+    assert main(["--workdir", str(tmp_path / "file")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--strategy", "bogus"])
+    assert exit_.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err

@@ -239,6 +239,9 @@ def test_bad_input_is_named(pneumonia_data, tmp_path, capsys):
         "--data", str(pneumonia_data), "--set", "model=densenet100"
     )
     assert "no converted dataset" in err("--data", str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    assert "no converted dataset" in err("--data", str(tmp_path / "empty"))
+    assert not (tmp_path / "w").exists()  # no empty run folder left behind
     assert "--strategy tpu, but no TPU is reachable" in err(
         "--data", str(pneumonia_data), "--strategy", "tpu"
     )
