@@ -168,7 +168,24 @@ class Predictor:
             probs = np.asarray(keras.ops.convert_to_numpy(out), np.float32)
             return self.calibration.apply(probs)[0]
         except tf.errors.InvalidArgumentError as err:
-            raise ValueError(f"not a readable image ({err.message.splitlines()[0][:120]})") from err
+            raise ValueError(f"not a readable image: {_why_unreadable(data, err)}") from err
+
+
+def _why_unreadable(data: bytes, err) -> str:
+    """The reason in words (Pillow's diagnosis), not TensorFlow's 'Graph execution error'."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except UnidentifiedImageError:
+        return f"unknown image format (starts with {data[:8]!r}); give a JPEG, PNG or DICOM file"
+    except (OSError, SyntaxError, ValueError) as pil_err:  # truncated or corrupt data
+        kind = {b"\xff\xd8": "JPEG", b"\x89P": "PNG"}.get(data[:2], "image")
+        return f"a truncated or corrupt {kind} file ({pil_err})"
+    lines = [line for line in str(getattr(err, "message", err)).splitlines() if line.strip()]
+    detail = next((line for line in reversed(lines) if "Graph execution" not in line), "")
+    return detail.strip()[:200] or "TensorFlow cannot decode it"
 
 
 def predict_files(

@@ -22,6 +22,7 @@ def image_folder(pneumonia_data, tmp_path_factory):
         for src in sorted((raw / cls).iterdir())[:3]:
             shutil.copy(src, folder / f"{cls}_{src.name}")
     (folder / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "text.png").write_bytes(b"hello, not a picture")
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     (folder / "scan.dcm").write_bytes(b"DICM")
     return folder
@@ -37,6 +38,8 @@ def test_folder_with_broken_files_reports_them_and_predicts_the_rest(
     by_name = {r["file"].rsplit("/", 1)[1]: r for r in results}
     assert "notes.txt" not in by_name
     assert "not a readable image" in by_name["broken.jpeg"]["error"]
+    assert "Graph execution" not in by_name["broken.jpeg"]["error"]
+    assert "unknown image format (starts with b'hello, n')" in by_name["text.png"]["error"]
     assert "pydicom" in by_name["scan.dcm"]["error"] or "error" in by_name["scan.dcm"]
     good = [r for n, r in by_name.items() if n.startswith(("NORMAL_", "PNEUMONIA_"))]
     assert len(good) == 6 and all("error" not in r for r in good)
