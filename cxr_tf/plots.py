@@ -4,6 +4,7 @@ probability distributions, and a gallery of images with their true and predicted
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -23,9 +24,15 @@ def _grid(n: int, size: float = 4.2):
     return fig, axes.flat
 
 
+def _legend(ax, **kwargs):
+    """A legend where there is something to name (matplotlib warns on an empty one)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=130)  # a 4.2-inch panel: about 550 px
     plt.close(fig)
 
 
@@ -67,7 +74,7 @@ def roc_curves(labels, probs, names, result, path):
         ax.set(
             title=name, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01)
         )
-        ax.legend(loc="lower right", fontsize=8)
+        _legend(ax, loc="lower right", fontsize=8)
     fig.suptitle("ROC curves")
     _save(fig, path)
 
@@ -82,8 +89,10 @@ def pr_curves(labels, probs, names, result, path):
             ap = result["classes"][name]["average_precision"]
             ax.plot(recall, precision, lw=2, label=f"AP {ap:.3f}")
             ax.axhline(y.mean(), color="k", ls="--", lw=0.8, label=f"prevalence {y.mean():.2f}")
+        else:
+            ax.text(0.5, 0.5, "no positives in this split", ha="center", transform=ax.transAxes)
         ax.set(title=name, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(loc="lower left", fontsize=8)
+        _legend(ax, loc="lower left", fontsize=8)
     fig.suptitle("Precision-recall curves")
     _save(fig, path)
 
@@ -117,7 +126,7 @@ def reliability_diagrams(labels, probs, names, result, path):
             xlim=(0, 1),
             ylim=(0, 1.05),
         )
-        ax.legend(loc="upper left", fontsize=8)
+        _legend(ax, loc="upper left", fontsize=8)
     fig.suptitle("Reliability (numbers: images per bin)")
     _save(fig, path)
 
@@ -132,7 +141,7 @@ def distributions(labels, probs, names, thresholds, path):
         ax.hist(probs[y, j], bins=bins, alpha=0.6, label=f"positive (n={int(y.sum())})")
         ax.axvline(thresholds[j], color="k", ls="--", lw=1, label=f"threshold {thresholds[j]:.2f}")
         ax.set(title=name, xlabel="predicted probability", ylabel="images")
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     fig.suptitle("Predicted probabilities by ground truth")
     _save(fig, path)
 
@@ -202,7 +211,10 @@ def gallery(model, data_dir, split, info, preds, names, thresholds, path, count=
         ok = set(true) == set(pred)
         ax_img.imshow(images[k][..., 0], cmap="gray", vmin=0, vmax=1)
         ax_img.set_title(
-            f"true: {', '.join(true)}\npred: {', '.join(pred)}",
+            "\n".join(
+                textwrap.wrap(f"true: {', '.join(true)}", 34)
+                + textwrap.wrap(f"pred: {', '.join(pred)}", 34)
+            ),
             fontsize=7,
             color="green" if ok else "red",
         )
@@ -211,8 +223,9 @@ def gallery(model, data_dir, split, info, preds, names, thresholds, path, count=
         ax_bar.barh(
             range(len(top)), p[top], color=["C3" if p[i] >= thresholds[i] else "C0" for i in top]
         )
-        for row, i in enumerate(top):  # each class's decision threshold
+        for row, i in enumerate(top):  # each class's decision threshold, and the probability
             ax_bar.plot([thresholds[i]] * 2, [row - 0.4, row + 0.4], color="k", lw=1.2)
+            ax_bar.text(min(p[i] + 0.03, 0.75), row, f"{p[i]:.2f}", va="center", fontsize=6)
         ax_bar.set_yticks(range(len(top)), [names[i] for i in top], fontsize=6)
         ax_bar.set_xlim(0, 1)
         ax_bar.invert_yaxis()

@@ -193,7 +193,9 @@ def cached(name: str) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cxr_tf.torchvision_weights", description=__doc__.split("\n")[0]
+    )
     p.add_argument("model", choices=("densenet121", "densenet169", "densenet201", "densenet161"))
     p.add_argument("--out", required=True, help="the .keras file to write")
     p.add_argument("--from", dest="path", default=None, help="a torchvision .pth (else download)")
