@@ -35,7 +35,7 @@ class Config:
     model: str = "densenet121"
     weights: str = "imagenet"
     image_size: int = 224
-    channels: int = 1  # 1: gray, ImageNet RGB stem kernels summed; 3: gray repeated
+    channels: int = 1  # 1: gray, same outputs as 3 (see models.stem_kernel); 3: gray repeated
     activation: str = "sigmoid"
     dropout: float = 0.0
     batch_size: int = 32

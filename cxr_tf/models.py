@@ -10,6 +10,10 @@ The model owns its input contract: the first layer, `preprocess`, records the im
 channels, normalisation and evaluation crop, and normalises `[0, 1]` images itself. The input
 pipeline, evaluation and export read the contract from the model (`input_contract(model)`).
 
+A 1-channel model with ImageNet weights computes exactly what the RGB model computes on the
+gray image repeated (see `stem_kernel`): its `preprocess` appends a constant channel of ones
+to the normalised image, on which the first convolution carries the per-filter offset.
+
 Example:
     >>> model = build_model("densenet_tiny", num_classes=1, image_size=32, weights="none")
     >>> model.output_shape
@@ -22,12 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from cxr_tf import augment as aug_lib
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_MEAN = (sum(IMAGENET_MEAN) / 3,)  # a 1-channel model's normalisation
+GRAY_STD = (sum(IMAGENET_STD) / 3,)
 BN_EPSILON = 1.001e-5  # keras.applications' value: its ImageNet statistics assume it
 
 
@@ -68,22 +75,36 @@ class InputContract:
 
 @keras.saving.register_keras_serializable(package="cxr_tf")
 class Preprocess(layers.Layer):
-    """Normalises `[0, 1]` images with the contract's mean/std; carries the contract."""
+    """Normalises `[0, 1]` images with the contract's mean/std; carries the contract.
 
-    def __init__(self, image_size, channels, mean, std, crop_fraction=0.875, **kwargs):
+    With `ones_channel`, appends a channel of ones to the normalised image: the first
+    convolution's kernel on it holds the offset that makes a 1-channel model equal to the RGB
+    model it was made from (`stem_kernel`). Models saved before it existed load without it.
+    """
+
+    def __init__(
+        self, image_size, channels, mean, std, crop_fraction=0.875, ones_channel=False, **kwargs
+    ):
         super().__init__(**kwargs)
         self.contract = InputContract(
             int(image_size), int(channels), tuple(mean), tuple(std), float(crop_fraction)
         )
+        self.ones_channel = bool(ones_channel)
 
     def call(self, x):
         mean = ops.convert_to_tensor(self.contract.mean, dtype=x.dtype)
         std = ops.convert_to_tensor(self.contract.std, dtype=x.dtype)
-        return (x - mean) / std
+        x = (x - mean) / std
+        if self.ones_channel:
+            x = ops.concatenate([x, ops.ones_like(x[..., :1])], axis=-1)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + self.ones_channel)
 
     def get_config(self):
         config = super().get_config()
-        config.update(asdict(self.contract))
+        config.update(asdict(self.contract), ones_channel=self.ones_channel)
         return config
 
 
@@ -223,7 +244,9 @@ def build_model(
     Args:
       name: a key of `VARIANTS`.
       num_classes: outputs; 1 for binary with sigmoid, 14 for nih14, 2 for softmax pneumonia.
-      image_size, channels: the input contract (channels 3 repeats grayscale for ImageNet).
+      image_size, channels: the input contract. Channels 3 takes the gray image repeated;
+        channels 1 takes it once and, with ImageNet weights, gives the same outputs (see
+        `stem_kernel`) from a third of the input bytes.
       weights: "imagenet" (Keras', 121/169/201), "torchvision" (converted from torchvision's,
         all four; see `cxr_tf.torchvision_weights`), "none", or a path to a weights file.
       activation: "sigmoid" (binary and multi-label) or "softmax".
@@ -239,8 +262,8 @@ def build_model(
         raise ValueError(f"channels={channels}: use 3 (ImageNet weights) or 1")
     variant = VARIANTS[name]
     momentum = variant.bn_momentum
-    mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
-    std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
+    mean = IMAGENET_MEAN if channels == 3 else GRAY_MEAN
+    std = IMAGENET_STD if channels == 3 else GRAY_STD
 
     if augment is None:
         inputs = keras.Input((image_size, image_size, channels), name="image")
@@ -248,7 +271,15 @@ def build_model(
     else:
         inputs = keras.Input((None, None, channels), name="image")
         x = RandomAugment(image_size, augment, seed, name="augment")(inputs)
-    x = Preprocess(image_size, channels, mean, std, crop_fraction, name="preprocess")(x)
+    x = Preprocess(
+        image_size,
+        channels,
+        mean,
+        std,
+        crop_fraction,
+        ones_channel=channels == 1,
+        name="preprocess",
+    )(x)
     x = layers.ZeroPadding2D(((3, 3), (3, 3)), name="zero_padding2d")(x)
     x = layers.Conv2D(variant.stem, 7, strides=2, use_bias=False, name="conv1_conv")(x)
     x = _bn("conv1_bn", momentum)(x)
@@ -345,7 +376,8 @@ def _keras_application(name: str, weights: str, model: keras.Model) -> keras.Mod
 
 
 def _copy_by_name(source: keras.Model, target: keras.Model) -> None:
-    """Copy weights layer by layer by name; a 1-channel first conv gets the RGB kernels summed."""
+    """Copy weights layer by layer by name; a 1-channel model's first convolution gets the RGB
+    kernel converted by `stem_kernel`."""
     copied = 0
     for layer in source.layers:
         if not layer.weights:
@@ -355,9 +387,41 @@ def _copy_by_name(source: keras.Model, target: keras.Model) -> None:
         except ValueError:
             continue
         values = layer.get_weights()
-        if layer.name == "conv1_conv" and mine.kernel.shape[2] == 1 and values[0].shape[2] == 3:
-            values = [values[0].sum(axis=2, keepdims=True)]
+        if layer.name == "conv1_conv":
+            values = [stem_kernel(values[0], target)]
         mine.set_weights(values)
         copied += 1
     if not copied:
         raise ValueError(f"no layer of {source.name!r} matched a layer of {target.name!r} by name")
+
+
+def stem_kernel(kernel, model: keras.Model) -> np.ndarray:
+    """The first convolution's kernel of a source model, fitted to `model`'s input channels.
+
+    An RGB kernel `k_c` (h, w, 3, f), applied to `(x - m_c) / s_c` (ImageNet's mean/std), becomes
+    for a 1-channel model that normalises with one `m`, `s` and appends ones (`Preprocess`):
+      - on the gray channel, `sum_c k_c * s / s_c`;
+      - on the ones channel, `sum_c k_c * (m - m_c) / s_c`;
+    so that on the gray image `x`, repeated or not, both convolutions compute the same outputs.
+    Only a channel of ones makes this exact at the borders: the zero padding before the 7x7
+    convolution pads it with 0, as it pads the RGB model's normalised channels, so the offset
+    counts only the pixels inside the image. (Folding one offset per filter into the BatchNorm
+    after it is exact only away from the borders; no single padding value of the gray channel
+    can stand for the three different ImageNet means.) A 1-channel kernel without the ones
+    channel (a model saved before it existed) gets a zero one: the same outputs as before.
+    Other kernels are returned as they are.
+    """
+    kernel = np.asarray(kernel)
+    layer = model.get_layer("conv1_conv")
+    target = layer.kernel.shape[2]
+    contract = input_contract(model)
+    if target == 2 and kernel.shape[2] == 3:
+        k = kernel.astype(np.float64)
+        ratio = contract.std[0] / np.array(IMAGENET_STD)
+        offset = (contract.mean[0] - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+        gray = np.tensordot(k, ratio, axes=([2], [0]))
+        ones = np.tensordot(k, offset, axes=([2], [0]))
+        return np.stack([gray, ones], axis=2).astype(kernel.dtype)
+    if target == 2 and kernel.shape[2] == 1:
+        return np.concatenate([kernel, np.zeros_like(kernel)], axis=2)
+    return kernel

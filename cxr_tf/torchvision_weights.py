@@ -73,9 +73,12 @@ def keras_target(key: str) -> tuple[str, int] | None:
 def load_state_dict(state: dict, model) -> int:
     """Copy a torchvision DenseNet state dict (name -> array) into a `cxr_tf.models` model.
 
-    A 1-channel model gets the RGB kernels of the first convolution summed. Raises ValueError
-    naming a missing or misshapen layer; returns the number of layers filled.
+    A 1-channel model gets the RGB kernel of the first convolution converted so that it gives
+    the RGB model's outputs (`cxr_tf.models.stem_kernel`). Raises ValueError naming a missing
+    or misshapen layer; returns the number of layers filled.
     """
+    from cxr_tf import models
+
     values: dict[str, list] = {}
     for key, tensor in state.items():
         target = keras_target(key)
@@ -95,8 +98,8 @@ def load_state_dict(state: dict, model) -> int:
                 "DenseNet variant?"
             ) from err
         arrays = [a for a in arrays if a is not None]
-        if layer_name == "conv1_conv" and layer.kernel.shape[2] == 1 and arrays[0].shape[2] == 3:
-            arrays = [arrays[0].sum(axis=2, keepdims=True)]
+        if layer_name == "conv1_conv":
+            arrays = [models.stem_kernel(arrays[0], model)]
         expected = [tuple(w.shape) for w in layer.get_weights()]
         if [a.shape for a in arrays] != expected:
             raise ValueError(

@@ -97,7 +97,7 @@ def test_weights_from_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_keras_application_h5_loads_by_name_and_into_one_channel(tmp_path):
+def test_keras_application_h5_loads_by_name_and_into_one_channel(tmp_path, assert_gray_is_rgb):
     ref = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(64, 64, 3))
     path = tmp_path / "densenet121_notop.h5"
     ref.save(path)  # a legacy full-model .h5 file, the format keras.applications reads
@@ -109,11 +109,53 @@ def test_keras_application_h5_loads_by_name_and_into_one_channel(tmp_path):
     gray = models.build_model(
         "densenet121", num_classes=1, image_size=64, channels=1, weights=str(path)
     )
-    np.testing.assert_allclose(
-        np.asarray(gray.get_layer("conv1_conv").kernel)[:, :, 0],
-        np.asarray(ref.get_layer("conv1_conv").kernel).sum(2),
-        rtol=1e-6,
+    assert_gray_is_rgb(gray, rgb, layer_names=("relu",))
+
+
+VARIANT_PARAMS = [
+    "densenet_tiny",
+    *(pytest.param(n, marks=pytest.mark.slow) for n in models.VARIANTS if n != "densenet_tiny"),
+]
+
+
+@pytest.mark.parametrize("name", VARIANT_PARAMS)
+def test_one_channel_from_rgb_weights_is_the_rgb_model(
+    name, tmp_path, imagenet_like, assert_gray_is_rgb
+):
+    """A 1-channel model given an RGB model's weights (a `.keras` file here; `imagenet` and the
+    keras.applications `.h5` files go the same way) computes what the RGB model computes on the
+    gray image repeated, borders included: pooled features and logits."""
+    rgb = imagenet_like(name)
+    rgb.save(tmp_path / "rgb.keras")
+    gray = models.build_model(
+        name, num_classes=3, image_size=64, channels=1, weights=str(tmp_path / "rgb.keras")
     )
+    assert gray.get_layer("conv1_conv").kernel.shape[2] == 2  # gray and ones
+    assert_gray_is_rgb(gray, rgb)
+
+
+def test_a_one_channel_model_without_the_ones_channel_still_loads(tmp_path, monkeypatch):
+    """A 1-channel model saved before the ones channel (a 1-channel stem kernel) loads as it
+    was, and as weights gives a new model the same outputs."""
+    preprocess = models.Preprocess
+    with monkeypatch.context() as m:
+        m.setattr(models, "Preprocess", lambda *a, ones_channel, **kw: preprocess(*a, **kw))
+        old = models.build_model("densenet_tiny", num_classes=1, image_size=32, channels=1)
+    assert old.get_layer("conv1_conv").kernel.shape[2] == 1
+    old.save(tmp_path / "old.keras")
+    config = old.get_layer("preprocess").get_config()
+    del config["ones_channel"]  # what older files hold
+    assert not models.Preprocess.from_config(config).ones_channel
+    new = models.build_model(
+        "densenet_tiny",
+        num_classes=1,
+        image_size=32,
+        channels=1,
+        weights=str(tmp_path / "old.keras"),
+    )
+    x = np.random.default_rng(2).random((2, 32, 32, 1), dtype=np.float32)
+    for model in (models.load_model(tmp_path / "old.keras"), new):
+        np.testing.assert_allclose(model.predict_on_batch(x), old.predict_on_batch(x), atol=1e-6)
 
 
 def test_imagenet_offline_is_a_clear_message():

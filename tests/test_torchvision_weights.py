@@ -52,14 +52,63 @@ def test_every_densenet161_weight_of_torchvision_has_its_place():
     gamma, beta, mean, var = model.get_layer("conv4_block36_1_bn").get_weights()
     np.testing.assert_array_equal(var, state["features.denseblock3.denselayer36.norm2.running_var"])
     np.testing.assert_array_equal(beta, state["features.denseblock3.denselayer36.norm2.bias"])
-    one = models.build_model("densenet161", num_classes=1, image_size=64, channels=1)
-    tvw.load_state_dict(state, one)
-    np.testing.assert_allclose(
-        one.get_layer("conv1_conv").kernel[:, :, 0],
-        state["features.conv0.weight"].sum(axis=1).transpose(1, 2, 0),
-        rtol=1e-5,
-        atol=1e-5,
+    assert set(_state_dict_of(model)) == {k for k in state if tvw.keras_target(k)}
+
+
+def _state_dict_of(model):
+    """`model`'s weights as the torchvision state dict of its variant (what `load_state_dict`
+    reads, built from torchvision's module names)."""
+    blocks = models.VARIANTS[model.name].blocks
+    modules = ["conv0", "norm0"]
+    for b, num_layers in enumerate(blocks, 1):
+        for i in range(1, num_layers + 1):
+            modules += [
+                f"denseblock{b}.denselayer{i}.{m}" for m in ("norm1", "conv1", "norm2", "conv2")
+            ]
+        if b < len(blocks):
+            modules += [f"transition{b}.norm", f"transition{b}.conv"]
+    modules.append("norm5")
+    state = {}
+    for module in modules:
+        conv = module.rpartition(".")[2].startswith("conv")
+        for param in ("weight",) if conv else ("weight", "bias", "running_mean", "running_var"):
+            key = f"features.{module}.{param}"
+            layer, index = tvw.keras_target(key)
+            array = model.get_layer(layer).get_weights()[index]
+            state[key] = array.transpose(3, 2, 0, 1) if array.ndim == 4 else array
+    return state
+
+
+def test_one_channel_from_the_tiny_torchvision_densenet_is_its_rgb_model(assert_gray_is_rgb):
+    """With torchvision's own trained-like weights: a 1-channel model on gray images gives the
+    3-channel model's pooled features on them repeated (the kernels of the first convolution
+    summed were 8% off)."""
+    _, state = _tiny()
+    rgb, gray = (
+        models.build_model("densenet_tiny", num_classes=1, image_size=40, channels=c)
+        for c in (3, 1)
     )
+    for model in (rgb, gray):
+        tvw.load_state_dict(state, model)
+    assert_gray_is_rgb(gray, rgb, layer_names=("avg_pool",))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "densenet_tiny",
+        *(pytest.param(n, marks=pytest.mark.slow) for n in models.VARIANTS if n != "densenet_tiny"),
+    ],
+)
+def test_one_channel_from_a_torchvision_state_dict_is_the_rgb_model(
+    name, imagenet_like, assert_gray_is_rgb
+):
+    """Every variant: a 1-channel model filled from a torchvision state dict computes what the
+    RGB model with those weights computes on the gray image repeated (pooled features)."""
+    rgb = imagenet_like(name)
+    gray = models.build_model(name, num_classes=3, image_size=64, channels=1)
+    tvw.load_state_dict(_state_dict_of(rgb), gray)
+    assert_gray_is_rgb(gray, rgb, layer_names=("avg_pool",))
 
 
 def test_old_torchvision_names_and_what_has_no_counterpart():
