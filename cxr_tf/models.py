@@ -238,6 +238,7 @@ def build_model(
     crop_fraction: float = 0.875,
     augment: aug_lib.Augment | dict | None = None,
     seed: int | None = None,
+    ones_channel: bool | None = None,
 ) -> keras.Model:
     """A DenseNet classifier whose probabilities come out as float32 (also under mixed precision).
 
@@ -253,6 +254,9 @@ def build_model(
       dropout: rate before the classifier.
       augment: if given, a `RandomAugment` layer first (training only; its input is then any
         square size, see `make_dataset(..., augment_in_model=True)`), seeded by `seed`.
+      ones_channel: give a 1-channel model the channel of ones that carries RGB weights exactly
+        (`stem_kernel`); default: when it starts from weights. A model trained from scratch has
+        no RGB model to equal and keeps a plain 1-channel stem.
     """
     if name not in VARIANTS:
         raise ValueError(f"model {name!r} is not one of {sorted(VARIANTS)}")
@@ -277,7 +281,8 @@ def build_model(
         mean,
         std,
         crop_fraction,
-        ones_channel=channels == 1,
+        ones_channel=channels == 1
+        and (weights not in (None, "none") if ones_channel is None else ones_channel),
         name="preprocess",
     )(x)
     x = layers.ZeroPadding2D(((3, 3), (3, 3)), name="zero_padding2d")(x)

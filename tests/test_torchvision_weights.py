@@ -85,7 +85,9 @@ def test_one_channel_from_the_tiny_torchvision_densenet_is_its_rgb_model(assert_
     summed were 8% off)."""
     _, state = _tiny()
     rgb, gray = (
-        models.build_model("densenet_tiny", num_classes=1, image_size=40, channels=c)
+        models.build_model(
+            "densenet_tiny", num_classes=1, image_size=40, channels=c, ones_channel=True
+        )
         for c in (3, 1)
     )
     for model in (rgb, gray):
@@ -106,7 +108,7 @@ def test_one_channel_from_a_torchvision_state_dict_is_the_rgb_model(
     """Every variant: a 1-channel model filled from a torchvision state dict computes what the
     RGB model with those weights computes on the gray image repeated (pooled features)."""
     rgb = imagenet_like(name)
-    gray = models.build_model(name, num_classes=3, image_size=64, channels=1)
+    gray = models.build_model(name, num_classes=3, image_size=64, channels=1, ones_channel=True)
     tvw.load_state_dict(_state_dict_of(rgb), gray)
     assert_gray_is_rgb(gray, rgb, layer_names=("avg_pool",))
 
