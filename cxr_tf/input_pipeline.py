@@ -134,9 +134,17 @@ def check_image_size(info: DataInfo, image_size: int) -> None:
         )
 
 
-def steps_per_epoch(info: DataInfo, split: str, global_batch_size: int) -> int:
-    """Training steps that see about one epoch of `split` (full batches only)."""
-    return max(1, info.num_examples(split) // global_batch_size)
+def steps_per_epoch(
+    info: DataInfo, split: str, global_batch_size: int, num_pipelines: int = 1
+) -> int:
+    """Training steps that read each example of `split` at most once (full batches only).
+
+    With several input pipelines (hosts), each reads its own shards and supplies its share of
+    every batch, so the pipeline with the fewest examples sets the length: no pipeline wraps
+    around within an epoch, and the others' remainders open the next one.
+    """
+    share = global_batch_size // num_pipelines
+    return max(1, min(_pipeline_counts(info, split, num_pipelines)) // share)
 
 
 def eval_steps(info: DataInfo, split: str, global_batch_size: int, num_pipelines: int = 1) -> int:

@@ -213,7 +213,7 @@ def _tf_runtime(strategy: str, per_replica_batch: int, tpu: str | None) -> Runti
                 "worker's task (https://www.tensorflow.org/guide/distributed_training), or "
                 "--backend jax with --coordinator/--num-processes/--process-id"
             )
-        dist = tf.distribute.MultiWorkerMirroredStrategy()
+        dist = _multi_worker_strategy(tf)
         gpus = tf.config.list_logical_devices("GPU")
         return _tf_result(dist, strategy, "GPU" if gpus else "CPU", per_replica_batch)
     gpus = tf.config.list_logical_devices("GPU")
@@ -249,6 +249,27 @@ def _tf_runtime(strategy: str, per_replica_batch: int, tpu: str | None) -> Runti
     dist = tf.distribute.get_strategy()
     kind = "CPU" if strategy == "cpu" or not gpus else "GPU"
     return _tf_result(dist, strategy, kind, per_replica_batch)
+
+
+def _multi_worker_strategy(tf):
+    """MultiWorkerMirroredStrategy with a `reduce` that Keras 3's TensorFlow trainer can call:
+    `_maybe_symbolic_build` passes it a whole (images, labels) nest, and `reduce_per_replica`
+    asks for the mean over axis 0 of scalar logs (keras/src/backend/tensorflow/trainer.py);
+    the strategy takes one value at a time, with an axis only where there is one."""
+
+    def rank(value):
+        values = getattr(value, "values", None)
+        return getattr((values[0] if values else value).shape, "rank", None)
+
+    class Strategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis=None):
+            def one(v):
+                along = None if axis is not None and rank(v) == 0 else axis
+                return super(Strategy, self).reduce(reduce_op, v, along)
+
+            return tf.nest.map_structure(one, value)
+
+    return Strategy()
 
 
 def _tf_result(dist, strategy: str, kind: str, per_replica_batch: int) -> Runtime:

@@ -243,7 +243,7 @@ def train(
         input_pipeline.check_image_size(info, cfg.image_size)
     print(f"cxr_tf.train: {runtime.describe()}")
     steps, steps_per_execution = plan_epoch(
-        input_pipeline.steps_per_epoch(info, "train", runtime.global_batch),
+        input_pipeline.steps_per_epoch(info, "train", runtime.global_batch, runtime.num_processes),
         cfg.steps_per_epoch,
         cfg.steps_per_execution or default_steps_per_execution(runtime),
     )
