@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cxr_tf import synthetic
-from cxr_tf.cli import fail
+from cxr_tf.cli import fail, user_errors
 
 _WRITERS = {"pneumonia": synthetic.write_pneumonia, "nih14": synthetic.write_nih14}
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "training" / "demo.yaml"
@@ -108,7 +108,7 @@ def run_demo(
 
 
 def main(argv=None) -> int:
-    from cxr_tf.runtime import STRATEGIES, RuntimeErrorWithHint
+    from cxr_tf.runtime import STRATEGIES
 
     p = argparse.ArgumentParser(
         prog="python -m cxr_tf.demo",
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             strategy=args.strategy,
         )
-    except (ValueError, FileNotFoundError, ImportError, RuntimeErrorWithHint) as err:
+    except user_errors() as err:
         return fail(err)
     return 0
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 from cxr_tf import config as config_lib
-from cxr_tf.cli import fail
-from cxr_tf.runtime import BACKENDS, STRATEGIES, RuntimeErrorWithHint, choose_backend
+from cxr_tf.cli import fail, user_errors
+from cxr_tf.runtime import BACKENDS, STRATEGIES, choose_backend
 
 
 def run(
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             num_processes=args.num_processes,
             process_id=args.process_id,
         )
-    except (ValueError, FileNotFoundError, ImportError, RuntimeErrorWithHint) as err:
+    except user_errors() as err:
         return fail(err)
     print(
         f"Done: best {summary['monitor']} {summary['best']}, validation mean AUROC "

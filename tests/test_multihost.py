@@ -60,7 +60,7 @@ def _env(**extra):
     return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
-def _train(data, workdir, *args, env=None):
+def _train(data, workdir, *args):
     return [
         sys.executable,
         "-m",
