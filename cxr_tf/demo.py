@@ -77,7 +77,9 @@ def run_demo(
         verbose=2,
     )
     _stage("4/5 evaluate on the test split")
-    metrics = evaluate.evaluate(run_dir, data, split="test", out_dir=run_dir / "evaluation")
+    metrics = evaluate.evaluate(
+        run_dir, data, split="test", out_dir=run_dir / "evaluation", dataset=dataset
+    )
     print(evaluate.format_summary(metrics))
     _stage("5/5 predict with Grad-CAM")
     test_images = _sample_test_images(raw, dataset)

@@ -58,6 +58,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert list(Path(out["paths"]["grad-cam"]).glob("*.png"))
     assert out["metrics"]["macro"]["auroc"] >= 0.9
     assert "Demo done" in printed and "Test mean AUROC" in printed
+    # as the README suggests next: NIH in the same folder, a run folder of its own
+    nih = run_demo(tmp_path / "demo", dataset="nih14", num_images=200)
+    assert Path(nih["paths"]["run folder"]).name == "nih14"
+    assert len(nih["metrics"]["classes"]) == 14
+    assert Path(out["paths"]["run folder"]).name == "pneumonia"
 
 
 def test_demo_bad_input_is_one_line(tmp_path, capsys):
