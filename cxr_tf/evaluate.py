@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from cxr_tf import config as config_lib
 from cxr_tf import metrics
 from cxr_tf.cli import fail
 
@@ -104,7 +104,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     saved_config = model_path.parent / "config.yaml"
     if dataset is None and saved_config.is_file():  # the dataset the run was trained on
-        dataset = yaml.safe_load(saved_config.read_text()).get("dataset")
+        dataset = config_lib.load(saved_config).dataset
     info = read_info(data_dir, dataset)
     model = load_model(model_path)
     thresholds_file = thresholds_file or find_thresholds(model_path)

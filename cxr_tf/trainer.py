@@ -112,6 +112,11 @@ def scale_learning_rate(lr: float, global_batch: int, reference_batch: int, opti
     return float(lr) * (math.sqrt(ratio) if optimizer == "adam" else ratio)
 
 
+def lr_rule(optimizer: str) -> str:
+    """The name of `scale_learning_rate`'s rule for `optimizer`, as printed and saved."""
+    return "sqrt" if optimizer == "adam" else "linear"
+
+
 def plan_epoch(auto_steps: int, configured: int | None, steps_per_execution: int):
     """(steps per epoch, steps per execution) such that an epoch is whole executions.
 
@@ -257,7 +262,7 @@ def train(
         f"cxr_tf.train: an epoch is {steps} steps of {runtime.global_batch} images, "
         f"{steps_per_execution} per execution; learning rate "
         + ", ".join(f"{lr:.3g}" for lr in learning_rates)
-        + f" ({'square-root' if cfg.optimizer == 'adam' else 'linear'} rule from the config's "
+        + f" ({lr_rule(cfg.optimizer)} rule from the config's "
         f"rates at global batch {cfg.lr_reference_batch})"
     )
 
@@ -286,7 +291,7 @@ def train(
     (workdir / "runtime.json").write_text(
         runtime.to_json(
             learning_rates=learning_rates,
-            lr_rule="sqrt" if cfg.optimizer == "adam" else "linear",
+            lr_rule=lr_rule(cfg.optimizer),
             lr_reference_batch=cfg.lr_reference_batch,
             steps_per_epoch=steps,
             steps_per_execution=steps_per_execution,
