@@ -12,10 +12,10 @@ the images of the converted train split, or their full-size source files. It the
 images per second, batches of `--batch-size` (the table gives each variant's batch shape):
 
 - (a)  this pipeline as training uses it, `make_dataset(..., training=True, cache=False,
-       channels=1, augment_in_model=True)`: read the shards, decode, shuffle, a random square
-       of each stored image, batch, floats; the rest of the augmentation (crop/scale, rotation,
-       zoom, translation, brightness, contrast) runs in the model, on the accelerator
-       (`models.RandomAugment`, see `cxr_tf.augment`);
+       channels=1, augment_in_model=True)`: read the shards, decode, shuffle, each stored image
+       squashed to a square (a no-op for NIH's square images), batch, floats; the rest of the
+       augmentation (crop/scale, rotation, zoom, translation, brightness, contrast) runs in the
+       model, on the accelerator (`models.RandomAugment`, see `cxr_tf.augment`);
 - (a') the same with `cache=True` (the default for a split that fits in memory): decoded images
        are served from memory after the first epoch, which the warm-up covers here;
 - (a+) (a) followed by `models.RandomAugment` run on this CPU, batch by batch: the whole
@@ -23,9 +23,9 @@ images per second, batches of `--batch-size` (the table gives each variant's bat
 - (a-host) all the augmentation in tf.data, `make_dataset(..., training=True, cache=False)`
        with its defaults (augment_in_model=False, channels=3): per batch one resampling (random
        crop + affine) and brightness/contrast, for models not built by cxr_tf;
-- (a-eval) `make_dataset(..., training=False, cache=False, channels=1)`: resize (skipped when
-       the stored size already fits) + center crop, one pass repeated; images counted by
-       weight, so padding does not count;
+- (a-eval) `make_dataset(..., training=False, cache=False, channels=1)`: the whole image
+       resized to the square (`input_pipeline.eval_transform`), one pass repeated; images
+       counted by weight, so padding does not count;
 - (b)  `keras.utils.image_dataset_from_directory` over the source PNGs sorted into class folders
        ('finding', 'no_finding'; hard links): read, decode and resize to 224 in `tf.data`, what
        a typical Keras notebook does (its augmentation runs in the model, so none here);

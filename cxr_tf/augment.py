@@ -2,9 +2,9 @@
 that can run it.
 
 - in the model (the trainer's default, config `augment_in_model: true`): the input pipeline
-  (`make_dataset(..., augment_in_model=True)`) only cuts a random square out of each stored
-  image, and `models.RandomAugment`, the model's first layer, does the rest on the accelerator,
-  in training only. Its cost then leaves the host CPU, which on Colab's 2-core GPU machines and
+  (`make_dataset(..., augment_in_model=True)`) only squashes each stored image to a square, and
+  `models.RandomAugment`, the model's first layer, does the rest on the accelerator, in training
+  only. Its cost then leaves the host CPU, which on Colab's 2-core GPU machines and
   on TPU hosts is what decides whether the accelerator waits;
 - in the pipeline (`make_dataset`'s default): `input_pipeline.train_transform` does it all in
   `tf.data`, for any model.
@@ -28,7 +28,9 @@ class Augment:
     """Ranges of the training transform. Horizontal flip is off: anatomy is not symmetric."""
 
     crop_scale: tuple[float, float] = (0.70, 1.0)  # area of the random crop, of the image
-    crop_ratio: tuple[float, float] = (0.85, 1.18)  # its aspect ratio
+    # its aspect ratio relative to the image's: at 1 the box has the image's own shape, and the
+    # resize to S x S squashes it as the evaluation transform squashes the whole image
+    crop_ratio: tuple[float, float] = (0.85, 1.18)
     rotation_deg: float = 10.0
     translate: float = 0.05  # of the image size
     zoom: float = 0.10  # +- scale
@@ -67,13 +69,14 @@ def crop_boxes(sizes, u, aug: Augment, ops):
     """Random crop boxes (top, left, height, width), each (B,), inside each image's `sizes`.
 
     `sizes` is float (B, 2), the images' (height, width); `u` (B, 4) uniform in [0, 1): area
-    fraction, log aspect ratio and position.
+    fraction, log aspect ratio (relative to the image's, so that the unaugmented box is the whole
+    image, as in evaluation) and position.
     """
     h_img, w_img = sizes[:, 0], sizes[:, 1]
     lo, hi = aug.crop_scale
     area = (lo + u[:, 0] * (hi - lo)) * h_img * w_img
     log_lo, log_hi = math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1])
-    ratio = ops.exp(log_lo + u[:, 1] * (log_hi - log_lo))  # width / height
+    ratio = ops.exp(log_lo + u[:, 1] * (log_hi - log_lo)) * (w_img / h_img)  # width / height
     h = ops.minimum(ops.sqrt(area / ratio), h_img)
     w = ops.minimum(h * ratio, w_img)
     return u[:, 2] * (h_img - h), u[:, 3] * (w_img - w), h, w

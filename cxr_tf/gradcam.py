@@ -50,19 +50,19 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarr
 
 
 def eval_crop_box(height: int, width: int, image_size: int, crop_fraction: float):
-    """(top, left, side) in the original image's pixels of the square that the evaluation
-    transform (`input_pipeline.eval_transform`) shows the model: the shorter side resized to
-    ceil(S / crop_fraction), then the centre S x S."""
-    short = math.ceil(image_size / crop_fraction)
-    scale = max(short / min(height, width), image_size / min(height, width))
-    side = image_size / scale
-    return (height - side) / 2, (width - side) / 2, side
+    """(top, left, box height, box width) in the original image's pixels of what the evaluation
+    transform (`input_pipeline.eval_transform`) shows the model: the whole image squashed to a
+    square of ceil(S / crop_fraction), then its centre S x S; with crop_fraction 1, all of it."""
+    side = math.ceil(image_size / crop_fraction - 1e-9)
+    top = (side - image_size) // 2
+    sy, sx = height / side, width / side
+    return top * sy, top * sx, image_size * sy, image_size * sx
 
 
 def figure(original, cam, box, title: str, path, *, alpha: float = 0.45) -> None:
     """A PNG of the whole image as the user gave it (gray, at its aspect ratio, about 900 px
-    wide), the heatmap over the part the model saw (`box` from `eval_crop_box`, outlined), a
-    colour bar, and `title` (finding, probability, threshold)."""
+    wide), the heatmap over the part the model saw (`box` from `eval_crop_box`; outlined unless
+    it is the whole image), a colour bar, and `title` (finding, probability, threshold)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +70,7 @@ def figure(original, cam, box, title: str, path, *, alpha: float = 0.45) -> None
 
     gray = np.asarray(original, np.float32)
     h, w = gray.shape
-    top, left, side = box
+    top, left, box_h, box_w = box
     fig, ax = plt.subplots(figsize=(7.5 * w / max(h, w) + 1.5, 7.5 * h / max(h, w) + 0.8))
     ax.imshow(gray, cmap="gray", extent=(0, w, h, 0))
     shown = ax.imshow(
@@ -79,9 +79,12 @@ def figure(original, cam, box, title: str, path, *, alpha: float = 0.45) -> None
         alpha=alpha,
         vmin=0,
         vmax=1,
-        extent=(left, left + side, top + side, top),
+        extent=(left, left + box_w, top + box_h, top),
     )
-    ax.add_patch(plt.Rectangle((left, top), side, side, fill=False, ec="white", lw=0.8, ls="--"))
+    if (box_h, box_w) != (h, w):  # outline the part the model saw, where it is not all
+        ax.add_patch(
+            plt.Rectangle((left, top), box_w, box_h, fill=False, ec="white", lw=0.8, ls="--")
+        )
     ax.set(xlim=(0, w), ylim=(h, 0), xticks=[], yticks=[])
     ax.set_title(title, fontsize=12)
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)

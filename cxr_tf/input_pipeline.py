@@ -178,27 +178,20 @@ def decode(encoded: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float = 0.875) -> tf.Tensor:
-    """Deterministic: resize the shorter side to `image_size / crop_fraction`, center crop.
+def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float = 1.0) -> tf.Tensor:
+    """Deterministic: the whole image resized to a square, then its centre S x S.
 
-    Input uint8 (H, W, 1); output float32 (S, S, 1) in [0, 1]. The exported model applies this
-    same function to the bytes it is sent. The resize is skipped when the stored images already
-    have that shorter side (the converter's default 256 for 224): it would be the identity.
+    The square's side is ceil(S / crop_fraction): with the default 1.0 the model sees the whole
+    image, squashed to S x S as CheXNet and the Keras notebooks do, so both lung fields of a wide
+    (about 1.4:1) pediatric image stay in view, where cropping the shorter side's square would
+    cut about 30% of the width. Input uint8 (H, W, 1); output float32 (S, S, 1) in [0, 1]. The
+    exported model applies this same function to the bytes it is sent; training matches it
+    (`augment.crop_boxes` draws boxes relative to the image's own shape).
     """
-    hw = tf.shape(image)[:2]
-    shape = tf.cast(hw, tf.float32)
-    short = tf.cast(tf.math.ceil(image_size / crop_fraction), tf.float32)
-    new_hw = tf.cast(tf.math.round(shape * short / tf.reduce_min(shape)), tf.int32)
-    new_hw = tf.maximum(new_hw, image_size)
-    image = tf.cast(image, tf.float32) / 255.0
-    image = tf.cond(
-        tf.reduce_all(tf.equal(new_hw, hw)),
-        lambda: image,
-        lambda: tf.image.resize(image, new_hw, antialias=True),
-    )
-    top = (new_hw[0] - image_size) // 2
-    left = (new_hw[1] - image_size) // 2
-    image = image[top : top + image_size, left : left + image_size, :]
+    side = math.ceil(image_size / crop_fraction - 1e-9)
+    image = _square(tf.cast(image, tf.float32) / 255.0, side)
+    top = (side - image_size) // 2
+    image = image[top : top + image_size, top : top + image_size, :]
     return tf.clip_by_value(tf.ensure_shape(image, [image_size, image_size, 1]), 0.0, 1.0)
 
 
@@ -246,7 +239,7 @@ def make_dataset(
     dataset: str | None = None,
     oversample_ratio: list[float] | None = None,
     cache: bool | None = None,
-    crop_fraction: float = 0.875,
+    crop_fraction: float = 1.0,
     skip_batches: int = 0,
     with_ids: bool = False,
     augment_in_model: bool = False,
@@ -269,14 +262,15 @@ def make_dataset(
       label_mode: "binary" (B, 1), "categorical" (one-hot) or "multilabel"; default by task.
       dataset: picks "pneumonia" or "nih14" when `data_dir` holds both.
       cache: keep decoded images in memory; default when the split fits in CACHE_LIMIT_BYTES.
-      crop_fraction: evaluation resize-then-center-crop fraction.
+      crop_fraction: evaluation: the share of the squashed image kept by the centre crop (1.0,
+        the default: the whole image; see `eval_transform`).
       skip_batches: training only: start the stream this many steps in (a resumed run then sees
         the batches an uninterrupted one would, without augmenting the skipped ones).
       with_ids: evaluation only: batches gain `image_id` and `patient_id` strings ("" on padding),
         for per-image reports and patient-level bootstrap.
       augment_in_model: training only: leave the augmentation to `models.RandomAugment` (on the
-        accelerator). Images then come out as random squares of the stored images, uncropped
-        and unscaled: (B, T, T, C) with T the stored shorter side (see `cxr_tf.augment`).
+        accelerator). Images then come out as the whole stored images squashed to squares:
+        (B, T, T, C) with T the stored shorter side (see `cxr_tf.augment`).
     """
     info = read_info(data_dir, dataset)
     if split not in info.splits:
@@ -347,25 +341,22 @@ def make_dataset(
     if cache is None:
         n = info.num_examples(split)
         cache = n * info.stored_size**2 * 1.4 / num_pipelines <= CACHE_LIMIT_BYTES
-    # With the augmentation in the model, the pipeline cuts a random square of each image; with
-    # nothing cached, right after decoding, in the same map (one tf.data stage fewer).
+    # With the augmentation in the model, the pipeline squashes each whole image to a square of
+    # the stored size (shrunk as above), once, before the cache; the model's layer does the rest.
     square = (shrink_to or info.stored_size) if training and augment_in_model else 0
-    square_now = square and not cache
 
-    def parse(record, seed_pair=None):
+    def parse(record):
         ex = tf.io.parse_single_example(record, spec)
         # Stored images are 1-channel uint8 (the converter wrote them): no conversion needed.
         image = tf.io.decode_image(ex["image"], channels=1, expand_animations=False)
         if with_ids:
             return image, ex[label_key], ex["image_id"], ex["patient_id"]
-        if shrink_to:
+        if square:
+            image = _square(image, square)
+        elif shrink_to:
             image = _shrink(image, shrink_to)
-        if square_now:
-            image = _random_square(image, seed_pair, square)
         return image, ex[label_key]
 
-    if square_now:
-        ds = tf.data.Dataset.zip((ds, _seeds(seed)))
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     # 5. Cache decoded uint8 so later epochs skip reading and decoding (per class stream when
     # oversampling: two iterators must not fill one cache).
@@ -423,7 +414,7 @@ def make_dataset(
         weight_table = tf.constant([cw[i] for i in range(num_classes)], tf.float32)
 
     def finish_batch(images, label):
-        if images.dtype == tf.uint8:  # random squares: floats made per batch, one op, not B
+        if images.dtype == tf.uint8:  # squares: floats made per batch, one op, not B
             images = tf.cast(images, tf.float32) * (1.0 / 255.0)
         if channels == 3:  # per batch, tile: one op; tf.repeat is twice as slow here
             images = tf.tile(images, [1, 1, 1, 3])
@@ -432,12 +423,6 @@ def make_dataset(
         return images, to_label(label)
 
     if augment_in_model:
-        if not square_now:  # cached: a fresh square every epoch, so cut after the cache
-            ds = tf.data.Dataset.zip((ds, _seeds(seed)))
-            ds = ds.map(
-                lambda ex, seed_pair: (_random_square(ex[0], seed_pair, square), ex[1]),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
         if skip_batches:
             ds = ds.skip(skip_batches * step_examples)
         # uint8 is batched (a quarter of the bytes); floats are made per batch in finish_batch.
@@ -470,22 +455,19 @@ def _seeds(seed):
     return tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
 
 
-def _random_square(image, seed_pair, side: int):
-    """A random `side` x `side` window of uint8 (H, W, 1) whose shorter side is `side`; the
-    whole image when it is square. Nothing is resampled: the model's `RandomAugment` does that.
-    """
+def _square(image, side: int):
+    """(H, W, C) resized, antialiased, to `side` x `side` (the whole image, squashed); returned
+    as it is when it already has that size. uint8 stays uint8 (rounded)."""
     hw = tf.shape(image)[:2]
-    check = tf.debugging.assert_equal(
-        tf.reduce_min(hw), side, message=f"a stored image's shorter side is not {side}"
-    )
-    # Everything below waits for the check: in a graph, the shape check at the end could
-    # otherwise fail first with a message that names no cause.
-    with tf.control_dependencies([check]):
-        hw = tf.identity(hw)
-    u = tf.random.stateless_uniform([2], seed=seed_pair)
-    top = tf.cast(u[0] * tf.cast(hw[0] - side + 1, tf.float32), tf.int32)
-    left = tf.cast(u[1] * tf.cast(hw[1] - side + 1, tf.float32), tf.int32)
-    return tf.ensure_shape(image[top : top + side, left : left + side], [side, side, 1])
+
+    def resize():
+        out = tf.image.resize(tf.cast(image, tf.float32), [side, side], antialias=True)
+        if image.dtype == tf.uint8:
+            out = tf.cast(tf.clip_by_value(tf.math.round(out), 0.0, 255.0), tf.uint8)
+        return out
+
+    out = tf.cond(tf.reduce_all(tf.equal(hw, side)), lambda: image, resize)
+    return tf.ensure_shape(out, [side, side, image.shape[-1]])
 
 
 def _shrink(image, short_side: int):

@@ -62,15 +62,16 @@ VARIANTS = {
 class InputContract:
     """What a model expects: square float images in [0, 1] of `image_size`, `channels`.
 
-    `mean`/`std` are applied inside the model; `crop_fraction` is the evaluation
-    resize-then-center-crop that the pipeline and the exported model apply before it.
+    `mean`/`std` are applied inside the model; `crop_fraction` is the share of the whole image,
+    squashed to a square, that the evaluation transform (`input_pipeline.eval_transform`, also
+    in the exported model) keeps: 1.0, the whole image.
     """
 
     image_size: int
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    crop_fraction: float = 0.875
+    crop_fraction: float = 1.0
 
 
 @keras.saving.register_keras_serializable(package="cxr_tf")
@@ -83,7 +84,7 @@ class Preprocess(layers.Layer):
     """
 
     def __init__(
-        self, image_size, channels, mean, std, crop_fraction=0.875, ones_channel=False, **kwargs
+        self, image_size, channels, mean, std, crop_fraction=1.0, ones_channel=False, **kwargs
     ):
         super().__init__(**kwargs)
         self.contract = InputContract(
@@ -112,7 +113,7 @@ class Preprocess(layers.Layer):
 class RandomAugment(layers.Layer):
     """Training augmentation on the accelerator (see `cxr_tf.augment`); identity otherwise.
 
-    In training, takes `[0, 1]` images of any size T x T (random squares of the stored images,
+    In training, takes `[0, 1]` images of any size T x T (the stored images squashed to squares,
     from `make_dataset(..., augment_in_model=True)`) and returns S x S ones: one bilinear
     resampling (crop, scale, rotation, zoom, translation, flip) and one multiply-add (brightness,
     contrast) per image, with draws from a seeded generator whose state is saved with the model.
@@ -235,7 +236,7 @@ def build_model(
     weights: str | None = "none",
     activation: str = "sigmoid",
     dropout: float = 0.0,
-    crop_fraction: float = 0.875,
+    crop_fraction: float = 1.0,
     augment: aug_lib.Augment | dict | None = None,
     seed: int | None = None,
     ones_channel: bool | None = None,

@@ -79,7 +79,8 @@ def test_unknown_augment_keys_are_refused():
 
 
 def test_pipeline_squares_for_the_model(pneumonia_data):
-    """Random squares of the stored images (64 px here), shrunk once when far above S."""
+    """The stored images (64 px on the shorter side) squashed to squares, shrunk once when far
+    above S; repeatable for a seed, cached or not."""
     kw = dict(global_batch_size=4, training=True, channels=1, seed=0, augment_in_model=True)
     ds = ip.make_dataset(pneumonia_data, "train", image_size=48, **kw)
     assert ip.read_info(pneumonia_data).stored_size == 64
@@ -90,7 +91,6 @@ def test_pipeline_squares_for_the_model(pneumonia_data):
     np.testing.assert_array_equal(images.numpy(), again[0].numpy())
     small = ip.make_dataset(pneumonia_data, "train", image_size=24, **kw)
     assert small.element_spec[0].shape.as_list() == [4, 30, 30, 1]  # round(1.25 * 24)
-    # Uncached, the squares are cut in the decoding map: as repeatable for a seed.
     uncached = [
         next(iter(ip.make_dataset(pneumonia_data, "train", image_size=48, cache=False, **kw)))
         for _ in range(2)
@@ -99,19 +99,33 @@ def test_pipeline_squares_for_the_model(pneumonia_data):
     np.testing.assert_array_equal(uncached[0][0].numpy(), uncached[1][0].numpy())
 
 
-def test_squares_refuse_an_image_of_another_size():
-    image, seed = tf.zeros([20, 30, 1], tf.uint8), tf.constant([1, 2], tf.int64)
-    assert ip._random_square(image, seed, 20).shape == (20, 20, 1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="shorter side is not 25"):
-        ip._random_square(image, seed, 25)
-    graph = tf.data.Dataset.from_tensors((image, seed)).map(
-        lambda i, s: ip._random_square(i, s, 25)
+def test_every_path_shows_the_model_the_whole_image():
+    """Evaluation, the tf.data augmentation and the model's augmentation, with nothing random,
+    all squash the whole image to S x S: on a wide (1.43:1) chest both lung fields stay in view,
+    where a centre square (x 60..340 here) would cut both markers off."""
+    h, w, s = 280, 400, 56
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = 40 + 60 * np.exp(-(((xx - 200) / 150) ** 2 + ((yy - 140) / 120) ** 2))
+    image[100:180, 8:48] = 230  # "left lung" marker
+    image[100:180, 352:392] = 230  # "right lung" marker
+    image = tf.constant(image.astype(np.uint8)[..., None])
+    ev = ip.eval_transform(image, s).numpy()[..., 0]
+    edge = round(0.15 * s)
+    assert ev[:, :edge].max() > 0.8 and ev[:, -edge:].max() > 0.8
+    assert ev[:, edge:-edge].max() < 0.6  # the markers sit at the edges, as in the original
+    tfdata = ip.train_transform(
+        image[None], tf.constant([[h, w]]), tf.constant([1, 2], tf.int64), s, NO_AUG
     )
-    # In a graph the clear message used to lose a race to a shape check about 1 time in 20:
-    # several tries, so that a regression shows.
-    for _ in range(30):
-        with pytest.raises(tf.errors.InvalidArgumentError, match="shorter side is not 25"):
-            next(iter(graph))
+    stored = ip._square(image, h)  # what make_dataset(..., augment_in_model=True) yields
+    assert stored.shape == (h, h, 1) and stored.dtype == tf.uint8
+    layer = models.RandomAugment(s, augment=NO_AUG, seed=0)
+    in_model = layer(tf.cast(stored, tf.float32)[None] / 255.0, training=True)
+    for out in (tfdata, in_model):
+        # plain bilinear against antialiased resampling: close, not equal, at the marker edges
+        assert np.abs(out.numpy()[0, ..., 0] - ev).mean() < 0.03
+    # any size goes to the square; an image already that size is passed through untouched
+    assert ip._square(tf.zeros([20, 30, 1], tf.uint8), 25).shape == (25, 25, 1)
+    np.testing.assert_array_equal(ip._square(stored, h).numpy(), stored.numpy())
 
 
 def test_replicas_draw_different_augmentations():

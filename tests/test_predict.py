@@ -97,26 +97,31 @@ def test_gradcam_heat_sits_on_the_synthetic_opacity(trained_run, pneumonia_data)
                 continue
             cam = gradcam.upsample(gradcam.heatmaps(model, img[None], 0)[0], s)
             side = cam[:, : s // 2] if left > right else cam[:, s // 2 :]
-            shares[image_id] = side.sum() / cam.sum()
-    # Each map puts more heat on the opacity's side than on the other, and clearly so on average
-    # (a map blind to the opacity would give 0.5 either way).
-    assert len(shares) >= 3
-    assert min(shares.values()) > 0.5, f"heat not on the opacity's side: {shares}"
-    assert np.mean(list(shares.values())) > 0.62, shares
+            peak_x = np.unravel_index(cam.argmax(), cam.shape)[1]
+            shares[image_id] = (side.sum() / cam.sum(), (peak_x < s // 2) == (left > right))
+    # Each map puts more heat on the opacity's side than on the other, and nearly every map
+    # peaks there (18 of 19 here): a map blind to the opacity would do either half the time.
+    assert len(shares) >= 5
+    on_side = np.mean([on for _, on in shares.values()])
+    assert on_side >= 0.8, f"peaks on the other side: {shares}"
+    assert min(share for share, _ in shares.values()) > 0.5, f"heat not on its side: {shares}"
 
 
 def test_gradcam_box_is_the_part_of_the_image_the_model_sees():
-    """The overlay maps the model's square back onto the whole image as given: the box of
-    `eval_crop_box`, cut from the original and resized, is what `eval_transform` produces."""
+    """The overlay maps the model's square back onto the whole image as given: by default the
+    whole image; with a crop fraction, the box of `eval_crop_box`, cut from the original and
+    resized, is what `eval_transform` produces."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
     h, w, size = 300, 420, 64  # a wide image, like a pediatric chest
+    assert gradcam.eval_crop_box(h, w, size, 1.0) == (0, 0, h, w)
     smooth = np.cumsum(np.cumsum(rng.random((h, w)), 0), 1)
     original = (255 * smooth / smooth.max()).astype(np.uint8)
-    top, left, side = gradcam.eval_crop_box(h, w, size, 0.875)
-    assert side == pytest.approx(0.875 * h, rel=0.02) and left > top
-    expected = input_pipeline.eval_transform(tf.constant(original[..., None]), size).numpy()[..., 0]
-    crop = original[round(top) : round(top + side), round(left) : round(left + side)]
+    top, left, box_h, box_w = gradcam.eval_crop_box(h, w, size, 0.8)
+    assert (box_h, box_w) == pytest.approx((0.8 * h, 0.8 * w), rel=0.02)
+    assert top == pytest.approx((h - box_h) / 2, abs=3) and left > top
+    expected = input_pipeline.eval_transform(tf.constant(original[..., None]), size, 0.8)
+    crop = original[round(top) : round(top + box_h), round(left) : round(left + box_w)]
     mine = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR)) / 255
-    assert np.abs(mine - expected).mean() < 0.01
+    assert np.abs(mine - expected.numpy()[..., 0]).mean() < 0.01
