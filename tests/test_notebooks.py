@@ -23,6 +23,26 @@ def test_both_notebooks_exist():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_one_marked_parameter_cell_holds_every_setting(path):
+    """The first code cell, tagged `parameters` (papermill's convention), sets the repository
+    URL, dataset, config, overrides and smoke mode; no later cell sets them again, and no cell
+    compares literals (`if "pneumonia" == "nih14"`) as generated code would."""
+    import re
+
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].metadata.get("tags") == ["parameters"]
+    names = ("REPO_URL", "DATASET", "CONFIG", "OVERRIDES", "SMOKE")
+    for name in names:
+        assert re.search(rf"^{name} = ", code[0].source, re.M), name
+    assert f'DATASET = "{path.stem.removesuffix("_tpu")}"' in code[0].source
+    for cell in code[1:]:
+        for name in names[:-1]:
+            assert not re.search(rf"^{name} = ", cell.source, re.M), (name, cell.source)
+        assert not re.search(r'"\w+" [=!]= "\w+"', cell.source), cell.source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom_on_a_tpu_vm(path, tmp_path, monkeypatch):
     env = tpu_vm_env(CXR_TF_SMOKE="1", CXR_TF_REPO=str(ROOT), CXR_TF_WORK=str(tmp_path / "work"))
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
