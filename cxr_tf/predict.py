@@ -4,9 +4,10 @@
         [--gradcam out/]
 
 `--model` is an exported SavedModel folder (cxr_tf.export), a `.keras` file, or a run folder.
-Images are JPEG or PNG files, or DICOM (`.dcm`) when `pydicom` is installed; folders are
-searched recursively. A file that cannot be read gets its own error line (an `error` field with
-`--json`), the others are still predicted, and the exit status is 1 when any file failed.
+Images are JPEG or PNG files, or DICOM (`.dcm`, see `cxr_tf.dicom`; needs
+`pip install 'cxr_tf[dicom]'`); folders are searched recursively. A file that cannot be read
+gets its own error line (an `error` field with `--json`), the others are still predicted, and
+the exit status is 1 when any file failed.
 """
 
 from __future__ import annotations
@@ -65,29 +66,13 @@ def read_image_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise ValueError("no such file")
     if path.suffix.lower() == ".dcm":
-        return _dicom_to_png(path)
+        from cxr_tf import dicom
+
+        return dicom.to_png(path)
     data = path.read_bytes()
     if not data:
         raise ValueError("empty file (0 bytes)")
     return data
-
-
-def _dicom_to_png(path: Path) -> bytes:
-    try:
-        import pydicom
-    except ImportError as err:
-        raise ValueError("DICOM needs pydicom: pip install pydicom") from err
-    from PIL import Image
-
-    ds = pydicom.dcmread(path)
-    arr = ds.pixel_array.astype(np.float32)
-    lo, hi = float(arr.min()), float(arr.max())
-    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = 1.0 - arr  # MONOCHROME1 stores bright bones as low values
-    buf = io.BytesIO()
-    Image.fromarray((arr * 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class Predictor:

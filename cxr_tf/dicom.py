@@ -1,0 +1,111 @@
+"""DICOM radiographs as scanners write them -> the 8-bit grayscale image the model reads.
+
+The display pipeline of DICOM PS3.3 C.11, in order: the stored values through the modality LUT
+(RescaleSlope/Intercept or a Modality LUT Sequence) to the modality's units; then the VOI
+transform, a VOI LUT Sequence or the first window (WindowCenter/WindowWidth with its
+VOILUTFunction), to display values, or, where the file has neither, the full range of the
+modality values; then MONOCHROME1 (bright bones stored as low values) inverted. A 15-bit
+computed radiograph thus looks as its scanner meant it to, not min-max stretched. Only what the
+model can read passes: one frame, one gray channel; anything else is a ValueError naming the
+value and what to do. Needs `pydicom` (>= 3) and, for JPEG 2000 / JPEG-LS files, `pylibjpeg`
+with its plugins: `pip install 'cxr_tf[dicom]'`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+INSTALL = "pip install 'cxr_tf[dicom]'"
+GRAY = ("MONOCHROME1", "MONOCHROME2")
+
+
+def read(path) -> np.ndarray:
+    """The radiograph in `path` as uint8 (H, W), after the modality and VOI transforms."""
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError as err:
+        raise ValueError(f"reading DICOM needs pydicom 3: {INSTALL}") from err
+
+    try:
+        ds = pydicom.dcmread(Path(path))
+    except InvalidDicomError as err:
+        raise ValueError("not a DICOM file (no 'DICM' header)") from err
+    except Exception as err:  # truncated or malformed data elements
+        raise ValueError(f"unreadable DICOM: {err}") from err
+    if "PixelData" not in ds:
+        raise ValueError("DICOM without pixel data (a report or structured document?)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ValueError(
+            f"multi-frame DICOM ({frames} frames); save the frame to predict as a file of its own"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples != 1 or photometric not in GRAY:
+        raise ValueError(
+            f"colour DICOM (PhotometricInterpretation {photometric}, {samples} samples per "
+            "pixel); cxr_tf reads grayscale radiographs (MONOCHROME1 or MONOCHROME2)"
+        )
+    try:
+        stored = ds.pixel_array
+    except Exception as err:  # no decoder for the transfer syntax, or corrupt pixel data
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        name = getattr(syntax, "name", syntax)
+        raise ValueError(f"cannot decode the pixel data ({name}): {err}; {INSTALL}") from err
+
+    values = np.asarray(apply_modality_lut(stored, ds), np.float64)
+    if "VOILUTSequence" in ds:
+        lut = ds.VOILUTSequence[0]
+        shown = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), np.float64)
+        bits = int(lut.LUTDescriptor[2])
+        display = shown / (2.0**bits - 1)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        display = window(
+            values,
+            _first(ds.WindowCenter),
+            _first(ds.WindowWidth),
+            str(ds.get("VOILUTFunction", "LINEAR")),
+        )
+    else:
+        lo, hi = float(values.min()), float(values.max())
+        display = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    display = np.clip(display, 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        display = 1.0 - display
+    return np.round(display * 255.0).astype(np.uint8)
+
+
+def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR"):
+    """DICOM PS3.3 C.11.2.1.2: modality values -> display values in [0, 1]."""
+    function = function.strip().upper()
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if width < 1:
+        raise ValueError(f"window width {width} is below 1; the file's window is invalid")
+    if width == 1:  # a threshold
+        return (values > center - 0.5).astype(np.float64)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def to_png(path) -> bytes:
+    """`read(path)` encoded as an 8-bit grayscale PNG, for the model's byte-level input."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(read(path)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _first(value) -> float:
+    """The first of a possibly multi-valued attribute (several windows: the first is default)."""
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
