@@ -101,9 +101,11 @@ def resize_short_side(gray: Image.Image, short_side: int) -> Image.Image:
     new_h, new_w = resized_size(gray.height, gray.width, short_side)
     if (new_h, new_w) == (gray.height, gray.width):
         return gray
-    # reducing_gap makes large downscales a cheap box-reduce then a Lanczos pass: the same quality
-    # for these ratios at a fraction of the cost.
-    return gray.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    # reducing_gap=1 makes a large downscale a box reduce by the whole factor (an area average,
+    # antialiased), then a Lanczos pass over what is left (less than 2x). On real NIH PNGs,
+    # 1024 -> 256: 0.4 ms instead of 5.8 ms, and a mean absolute difference of 0.39 grey levels
+    # from the full Lanczos, below the 0.65 that the JPEG (quality 95) it is stored as adds.
+    return gray.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=1.0)
 
 
 def encode(gray: Image.Image, image_format: str) -> bytes:
