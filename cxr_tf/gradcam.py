@@ -6,6 +6,11 @@ w[k, c] / (H * W) at every position: Grad-CAM here equals ReLU(sum_k w[k, c] A_k
 closed form with `keras.ops`, with no backend-specific autodiff (Zhou et al.'s CAM, which
 Selvaraju et al. show Grad-CAM generalises). The feature maps are those of the `relu` layer,
 the output of the last dense block after its final BatchNorm.
+
+The map is clipped at zero (the ReLU of Grad-CAM) rather than drawn relative to the image's
+mean: negative evidence for a finding, such as another finding's spot in a multi-label model,
+is not heat for it, and a map relative to the mean would colour half of every image. Each map
+is scaled to its own peak, so it shows where, not how strongly; the title gives the probability.
 """
 
 from __future__ import annotations

@@ -65,9 +65,10 @@ _ORACLE_RES = 128  # the oracles resize every image to this short side: same pix
 _LUNG_X = (0.29, 0.71)
 _OPACITY_Y, _UPPER_LUNG_Y = 0.60, 0.30
 
-# NIH14: one spot per finding, in LABELS order, in rows of 3, 4, 4 and 3 inside the thorax.
-_SPOT_RADIUS = 0.065
-_SPOT_CENTERS = (
+# NIH14: one spot per finding, in LABELS order, in rows of 3, 4, 4 and 3 inside the thorax;
+# (x, y) relative to the image's width and height.
+NIH14_SPOT_RADIUS = 0.065
+NIH14_SPOT_CENTERS = (
     [(x, 0.22) for x in (0.315, 0.5, 0.685)]
     + [(x, 0.42) for x in (0.22, 0.41, 0.59, 0.78)]
     + [(x, 0.62) for x in (0.22, 0.41, 0.59, 0.78)]
@@ -213,11 +214,11 @@ def _spot_stamps(width: int, height: int) -> np.ndarray:
 def _add_spots(rng: np.random.Generator, image: np.ndarray, findings: Iterable[int]) -> None:
     """Add the spot of each finding index to `image` (full resolution, in place)."""
     height, width = image.shape
-    box_w = max(3, round(2 * _SPOT_RADIUS * width))
-    box_h = max(3, round(2 * _SPOT_RADIUS * height))
+    box_w = max(3, round(2 * NIH14_SPOT_RADIUS * width))
+    box_h = max(3, round(2 * NIH14_SPOT_RADIUS * height))
     stamps = _spot_stamps(box_w, box_h)
     for k in findings:
-        cx, cy = _SPOT_CENTERS[k]
+        cx, cy = NIH14_SPOT_CENTERS[k]
         left, top = round(cx * width - box_w / 2), round(cy * height - box_h / 2)
         image[top : top + box_h, left : left + box_w] += rng.uniform(0.85, 1.15) * stamps[k]
 
@@ -243,6 +244,13 @@ def _chest_image(
     gain, offset = rng.uniform(0.8, 1.0), rng.uniform(0.0, 0.06)
     image = offset + gain * image + rng.standard_normal(image.shape, np.float32) * _NOISE_STD
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def nih14_image(rng: np.random.Generator, size: int, findings: Iterable[int]) -> np.ndarray:
+    """One synthetic NIH chest, (size, size) uint8, with the spot of each finding index (in
+    `LABELS` order) at `NIH14_SPOT_CENTERS`: for tests that need images in memory rather than
+    an archive, with labels they choose."""
+    return _chest_image(rng, size, size, findings=findings)
 
 
 def _encode(gray: np.ndarray, mode: str, image_format: str) -> bytes:
@@ -305,12 +313,12 @@ def _lung_contrasts(gray: np.ndarray) -> np.ndarray:
 
 def _spot_contrasts(gray: np.ndarray) -> np.ndarray:
     """Per finding: spot-disc mean minus the mean of a ring around it, over image contrast."""
-    r = _SPOT_RADIUS
+    r = NIH14_SPOT_RADIUS
     return np.array(
         [
             _region(gray, cx, cy, r, r).mean()
             - np.mean(_region(gray, cx, cy, 1.6 * r, 1.6 * r, inner=1.3 / 1.6))
-            for cx, cy in _SPOT_CENTERS
+            for cx, cy in NIH14_SPOT_CENTERS
         ]
     ) / _contrast(gray)
 

@@ -1,10 +1,11 @@
-"""cxr_tf.gradcam: maps are per class. (Maps of the trained demo model are tested on the
-synthetic opacity in tests/test_predict.py.)"""
+"""cxr_tf.gradcam: maps are per class, on a constructed model and on a trained DenseNet. (Maps
+of the trained demo model are tested on the synthetic opacity in tests/test_predict.py.)"""
 
 import keras
 import numpy as np
 
-from cxr_tf import gradcam
+from cxr_tf import gradcam, models, synthetic
+from cxr_tf.nih14 import LABELS
 
 
 def _two_finding_model(size=16):
@@ -34,3 +35,58 @@ def test_maps_of_two_findings_peak_in_their_own_regions():
     assert maps[0][10:14, 9:13].max() == 0 and maps[1][2:6, 2:6].max() == 0
     assert np.abs(maps[0] - maps[1]).mean() > 0.1
     assert maps[0].max() == 1.0 and maps[1].max() == 1.0  # each normalised on its own
+
+
+def _train_on_synthetic_chests(size: int, count: int, epochs: int, seed: int = 0):
+    """A tiny DenseNet trained on synthetic NIH chests in memory: every finding equally common,
+    0-2 per image. (The demo archive follows the real label frequencies, so at 400 images most
+    findings have a handful of positives; Grad-CAM cannot show what a model has not learned.)"""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((count, size, size, 1), np.float32)
+    y = np.zeros((count, len(LABELS)), np.float32)
+    for i in range(count):
+        findings = rng.choice(len(LABELS), rng.integers(0, 3), replace=False)
+        x[i, ..., 0] = synthetic.nih14_image(rng, size, findings) / 255
+        y[i, findings] = 1
+    keras.utils.set_random_seed(seed)
+    model = models.build_model(
+        "densenet_tiny", num_classes=len(LABELS), image_size=size, channels=1
+    )
+    # Decay to zero, so that BatchNorm's moving statistics catch up with the final weights.
+    steps = epochs * -(-count // 16)
+    rate = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=steps)
+    model.compile(keras.optimizers.Adam(rate), "binary_crossentropy")
+    model.fit(x, y, batch_size=16, epochs=epochs, verbose=0)
+    return model
+
+
+def test_a_trained_densenet_puts_each_findings_heat_on_its_own_spot():
+    """Synthetic NIH chests with two findings, whose spots sit in different places: on a trained
+    DenseNet each finding's map peaks nearer its own spot than the other's, and is hotter on its
+    own spot (measured: all 120 maps, both ways). A map blind to the finding would do either
+    about half the time."""
+    size = 128
+    model = _train_on_synthetic_chests(size, count=1500, epochs=10)
+    rng = np.random.default_rng(1)
+    centers = np.array(synthetic.NIH14_SPOT_CENTERS) * size  # (x, y) in pixels
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    radius = synthetic.NIH14_SPOT_RADIUS * size
+
+    def disc(k):
+        return np.hypot(xx - centers[k, 0], yy - centers[k, 1]) < radius
+
+    nearer, hotter, detected = [], [], []
+    for _ in range(60):
+        pair = rng.choice(len(LABELS), 2, replace=False)
+        image = synthetic.nih14_image(rng, size, pair)[None, :, :, None] / np.float32(255)
+        probs = np.asarray(model(image, training=False))[0]
+        detected.append(probs[pair].min() > np.delete(probs, pair).max())
+        for k, other in (pair, pair[::-1]):
+            cam = gradcam.upsample(gradcam.heatmaps(model, image, int(k))[0], size)
+            peak = np.array(np.unravel_index(cam.argmax(), cam.shape))[::-1] + 0.5
+            d_own, d_other = (np.hypot(*(peak - centers[j])) for j in (k, other))
+            nearer.append(d_own < d_other)
+            hotter.append(cam[disc(k)].mean() > cam[disc(other)].mean())
+    assert np.mean(detected) >= 0.8, np.mean(detected)  # the two rank above the rest
+    assert np.mean(nearer) >= 0.9, np.mean(nearer)
+    assert np.mean(hotter) >= 0.9, np.mean(hotter)
