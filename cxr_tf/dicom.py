@@ -20,6 +20,18 @@ import numpy as np
 
 INSTALL = "pip install 'cxr_tf[dicom]'"
 GRAY = ("MONOCHROME1", "MONOCHROME2")
+MAGIC_OFFSET, MAGIC = 128, b"DICM"  # PS3.10 7.1: a 128-byte preamble, then "DICM"
+
+
+def is_dicom(path) -> bool:
+    """Whether `path` starts like a DICOM file (PS3.10), whatever its name: PACS exports are
+    often named by UID ("1.2.840.113619.2.55.3...") or "IM0001", with no `.dcm`."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(MAGIC_OFFSET + len(MAGIC))
+    except OSError:
+        return False
+    return head[MAGIC_OFFSET:] == MAGIC
 
 
 def read(path) -> np.ndarray:
@@ -37,6 +49,16 @@ def read(path) -> np.ndarray:
         raise ValueError("not a DICOM file (no 'DICM' header)") from err
     except Exception as err:  # truncated or malformed data elements
         raise ValueError(f"unreadable DICOM: {err}") from err
+    try:
+        return _display(ds, apply_modality_lut, apply_voi_lut)
+    except ValueError:
+        raise
+    except Exception as err:  # pydicom parses elements on first use: a corrupt one fails here
+        raise ValueError(f"unreadable DICOM: {err}") from err
+
+
+def _display(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
+    """`read` after the file is opened: checks, then the transforms of PS3.3 C.11."""
     if "PixelData" not in ds:
         raise ValueError("DICOM without pixel data (a report or structured document?)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)

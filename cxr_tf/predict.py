@@ -4,8 +4,9 @@
         [--gradcam out/]
 
 `--model` is an exported SavedModel folder (cxr_tf.export), a `.keras` file, or a run folder.
-Images are JPEG or PNG files, or DICOM (`.dcm`, see `cxr_tf.dicom`; needs
-`pip install 'cxr_tf[dicom]'`); folders are searched recursively. A file that cannot be read
+Images are JPEG or PNG files, or DICOM (`.dcm`, or any name with DICOM's "DICM" header, as PACS
+exports often have; see `cxr_tf.dicom`; needs `pip install 'cxr_tf[dicom]'`); folders are
+searched recursively. A file that cannot be read
 gets its own error line (an `error` field with `--json`), the others are still predicted, and
 the exit status is 1 when any file failed.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_tf import dicom
 from cxr_tf.cli import fail
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm"}
@@ -45,7 +47,8 @@ class Result:
 
 
 def list_images(inputs) -> list[Path]:
-    """Files given, plus image files found recursively in folders given (hidden ones skipped)."""
+    """Files given, plus image files found recursively in folders given (hidden ones skipped):
+    JPEG, PNG and `.dcm` by name, DICOM under any other name by its header."""
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -53,8 +56,8 @@ def list_images(inputs) -> list[Path]:
                 p
                 for p in item.rglob("*")
                 if p.is_file()
-                and p.suffix.lower() in IMAGE_SUFFIXES
                 and not any(part.startswith(".") or part == "__MACOSX" for part in p.parts)
+                and (p.suffix.lower() in IMAGE_SUFFIXES or dicom.is_dicom(p))
             )
         else:
             files.append(item)
@@ -65,9 +68,7 @@ def read_image_bytes(path: Path) -> bytes:
     """Encoded image bytes of a file; DICOM is converted to PNG. Raises ValueError with reason."""
     if not path.is_file():
         raise ValueError("no such file")
-    if path.suffix.lower() == ".dcm":
-        from cxr_tf import dicom
-
+    if path.suffix.lower() == ".dcm" or dicom.is_dicom(path):
         return dicom.to_png(path)
     data = path.read_bytes()
     if not data:

@@ -128,18 +128,22 @@ def test_gradcam_box_is_the_part_of_the_image_the_model_sees():
 
 
 def test_a_real_dicom_gets_a_prediction(trained_run, tmp_path, capsys):
-    """pydicom-data's computed radiograph, uncompressed and JPEG 2000: predicted, and the same
-    as predicting the PNG that `cxr_tf.dicom` makes of it."""
+    """pydicom-data's computed radiograph, uncompressed, JPEG 2000, and under a PACS-style UID
+    name with no `.dcm` (found in the folder by its header): predicted, and the same as
+    predicting the PNG that `cxr_tf.dicom` makes of it. A text file in the folder is not taken."""
     from pydicom.data import get_testdata_file
 
     from cxr_tf import dicom
 
     for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
         shutil.copy(get_testdata_file(name), tmp_path / name)
+    uid = "1.2.840.113619.2.55.3.604688119"
+    shutil.copy(get_testdata_file("RG1_UNCR.dcm"), tmp_path / uid)
+    (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "RG1.png").write_bytes(dicom.to_png(tmp_path / "RG1_UNCR.dcm"))
     code = main(["--model", str(trained_run), str(tmp_path), "--json"])
     results = {r["file"].rsplit("/", 1)[1]: r for r in json.loads(capsys.readouterr().out)}
-    assert code == 0 and set(results) == {"RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1.png"}
+    assert code == 0 and set(results) == {"RG1_UNCR.dcm", "RG1_J2KR.dcm", uid, "RG1.png"}
     probs = []
     for r in results.values():
         assert "error" not in r
