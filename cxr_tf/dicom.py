@@ -7,8 +7,9 @@ VOILUTFunction), to display values, or, where the file has neither, the full ran
 modality values; then MONOCHROME1 (bright bones stored as low values) inverted. A 15-bit
 computed radiograph thus looks as its scanner meant it to, not min-max stretched. Only what the
 model can read passes: one frame, one gray channel; anything else is a ValueError naming the
-value and what to do. Needs `pydicom` (>= 3) and, for JPEG 2000 / JPEG-LS files, `pylibjpeg`
-with its plugins: `pip install 'cxr_tf[dicom]'`.
+value and what to do. Needs `pydicom` (>= 3) and, for compressed files, `pylibjpeg` with its
+OpenJPEG plugin (JPEG 2000) and `python-gdcm` (JPEG Lossless, JPEG-LS), all permissively
+licensed: `pip install 'cxr_tf[dicom]'`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ import numpy as np
 
 INSTALL = "pip install 'cxr_tf[dicom]'"
 GRAY = ("MONOCHROME1", "MONOCHROME2")
+DECODERS = (
+    f"{INSTALL} decodes JPEG 2000, JPEG-LS, JPEG Lossless and 8-bit JPEG; 12-bit lossy JPEG "
+    "needs pylibjpeg-libjpeg (GPL-3, not installed by cxr_tf): pip install pylibjpeg-libjpeg"
+)
 MAGIC_OFFSET, MAGIC = 128, b"DICM"  # PS3.10 7.1: a 128-byte preamble, then "DICM"
 
 
@@ -78,7 +83,8 @@ def _display(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
     except Exception as err:  # no decoder for the transfer syntax, or corrupt pixel data
         syntax = ds.file_meta.get("TransferSyntaxUID")
         name = getattr(syntax, "name", syntax)
-        raise ValueError(f"cannot decode the pixel data ({name}): {err}; {INSTALL}") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(":")
+        raise ValueError(f"cannot decode the pixel data ({name}): {reason}; {DECODERS}") from err
 
     values = np.asarray(apply_modality_lut(stored, ds), np.float64)
     if "VOILUTSequence" in ds:

@@ -205,3 +205,26 @@ def test_dicom_is_recognised_by_its_header_not_its_name(tmp_path):
     (tmp_path / "short").write_bytes(b"DICM")
     assert not dicom.is_dicom(tmp_path / "x.png") and not dicom.is_dicom(tmp_path / "short")
     assert not dicom.is_dicom(tmp_path / "missing")
+
+
+def test_jpeg_lossless_and_jpeg_ls_decode_with_the_extra():
+    """The compressions CR/DX archives often use, decoded by python-gdcm (in the extra):
+    JPEG-LS lossless reads exactly like the uncompressed original; JPEG Lossless (process 14,
+    8- and 16-bit) reads to a real image."""
+    original = dicom.read(get_testdata_file("MR_small.dcm"))
+    np.testing.assert_array_equal(
+        dicom.read(get_testdata_file("MR_small_jpeg_ls_lossless.dcm")), original
+    )
+    for name in ("JPEG-LL.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm"):
+        image = dicom.read(get_testdata_file(name))
+        assert image.ndim == 2 and image.std() > 10, name
+
+
+def test_an_encoding_without_a_decoder_is_one_line_naming_it():
+    """12-bit lossy JPEG: no permissively licensed decoder reads this file; the error names the
+    encoding and the GPL decoder pydicom lists for it, on one line."""
+    with pytest.raises(ValueError) as err:
+        dicom.read(get_testdata_file("JPEG-lossy.dcm"))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "JPEG Extended" in message and "pylibjpeg-libjpeg" in message
