@@ -6,10 +6,10 @@ transform, a VOI LUT Sequence or the first window (WindowCenter/WindowWidth with
 VOILUTFunction), to display values, or, where the file has neither, the full range of the
 modality values; then MONOCHROME1 (bright bones stored as low values) inverted. A 15-bit
 computed radiograph thus looks as its scanner meant it to, not min-max stretched. Only what the
-model can read passes: one frame, one gray channel; anything else is a ValueError naming the
-value and what to do. Needs `pydicom` (>= 3) and, for compressed files, `pylibjpeg` with its
-OpenJPEG plugin (JPEG 2000) and `python-gdcm` (JPEG Lossless, JPEG-LS), all permissively
-licensed: `pip install 'cxr_tf[dicom]'`.
+model can read passes: one frame, one gray channel; anything else is a `DicomError` (a
+ValueError), one line naming the value and what to do. Needs `pydicom` (>= 3) and, for
+compressed files, `pylibjpeg` with its OpenJPEG plugin (JPEG 2000) and `python-gdcm` (JPEG
+Lossless, JPEG-LS), all permissively licensed: `pip install 'cxr_tf[dicom]'`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ DECODERS = (
 MAGIC_OFFSET, MAGIC = 128, b"DICM"  # PS3.10 7.1: a 128-byte preamble, then "DICM"
 
 
+class DicomError(ValueError):
+    """A DICOM file the model cannot read; the message (one line) says why and what to do."""
+
+
 def is_dicom(path) -> bool:
     """Whether `path` starts like a DICOM file (PS3.10), whatever its name: PACS exports are
     often named by UID ("1.2.840.113619.2.55.3...") or "IM0001", with no `.dcm`."""
@@ -39,6 +43,22 @@ def is_dicom(path) -> bool:
     return head[MAGIC_OFFSET:] == MAGIC
 
 
+def is_dicom_image(path) -> bool:
+    """Whether `path` is DICOM by its header and, as far as its header says, an image: a folder
+    search takes these and leaves out the DICOMDIR, reports and presentation states that PACS
+    exports hold beside the images. Reads the header only, not the pixels; a header that does
+    not parse counts as an image, so that `read` reports what is wrong with it."""
+    if not is_dicom(path):
+        return False
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return "Rows" in ds and "Columns" in ds
+    except Exception:
+        return True
+
+
 def read(path) -> np.ndarray:
     """The radiograph in `path` as uint8 (H, W), after the modality and VOI transforms."""
     try:
@@ -46,35 +66,40 @@ def read(path) -> np.ndarray:
         from pydicom.errors import InvalidDicomError
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as err:
-        raise ValueError(f"reading DICOM needs pydicom 3: {INSTALL}") from err
+        raise DicomError(f"reading DICOM needs pydicom 3: {INSTALL}") from err
 
     try:
         ds = pydicom.dcmread(Path(path))
     except InvalidDicomError as err:
-        raise ValueError("not a DICOM file (no 'DICM' header)") from err
+        raise DicomError("not a DICOM file (no 'DICM' header)") from err
+    except OSError:
+        raise
     except Exception as err:  # truncated or malformed data elements
-        raise ValueError(f"unreadable DICOM: {err}") from err
+        raise DicomError(f"unreadable DICOM, damaged header: {_one_line(err)}") from err
     try:
         return _display(ds, apply_modality_lut, apply_voi_lut)
-    except ValueError:
+    except DicomError:
         raise
     except Exception as err:  # pydicom parses elements on first use: a corrupt one fails here
-        raise ValueError(f"unreadable DICOM: {err}") from err
+        raise DicomError(f"unreadable DICOM, damaged header: {_one_line(err)}") from err
 
 
 def _display(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
     """`read` after the file is opened: checks, then the transforms of PS3.3 C.11."""
     if "PixelData" not in ds:
-        raise ValueError("DICOM without pixel data (a report or structured document?)")
+        raise DicomError(
+            "DICOM without pixel data: a report, presentation state or DICOMDIR rather than "
+            "an image, or a damaged file"
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise ValueError(
+        raise DicomError(
             f"multi-frame DICOM ({frames} frames); save the frame to predict as a file of its own"
         )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples != 1 or photometric not in GRAY:
-        raise ValueError(
+        raise DicomError(
             f"colour DICOM (PhotometricInterpretation {photometric}, {samples} samples per "
             "pixel); cxr_tf reads grayscale radiographs (MONOCHROME1 or MONOCHROME2)"
         )
@@ -82,9 +107,13 @@ def _display(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
         stored = ds.pixel_array
     except Exception as err:  # no decoder for the transfer syntax, or corrupt pixel data
         syntax = ds.file_meta.get("TransferSyntaxUID")
-        name = getattr(syntax, "name", syntax)
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(":")
-        raise ValueError(f"cannot decode the pixel data ({name}): {reason}; {DECODERS}") from err
+        if syntax is not None and syntax.is_compressed:
+            raise DicomError(
+                f"cannot decode the pixel data ({syntax.name}): {_one_line(err)}; {DECODERS}"
+            ) from err
+        raise DicomError(
+            f"unreadable DICOM, damaged or incomplete pixel data: {_one_line(err)}"
+        ) from err
 
     values = np.asarray(apply_modality_lut(stored, ds), np.float64)
     if "VOILUTSequence" in ds:
@@ -111,12 +140,14 @@ def _display(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
 def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR"):
     """DICOM PS3.3 C.11.2.1.2: modality values -> display values in [0, 1]."""
     function = function.strip().upper()
+    if width <= 0:
+        raise DicomError(f"window width {width} is not positive; the file's window is invalid")
     if function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     if function == "LINEAR_EXACT":
         return np.clip((values - center) / width + 0.5, 0.0, 1.0)
     if width < 1:
-        raise ValueError(f"window width {width} is below 1; the file's window is invalid")
+        raise DicomError(f"window width {width} is below 1; the file's window is invalid")
     if width == 1:  # a threshold
         return (values > center - 0.5).astype(np.float64)
     return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
@@ -137,3 +168,9 @@ def _first(value) -> float:
         return float(value[0])
     except TypeError:
         return float(value)
+
+
+def _one_line(err: Exception) -> str:
+    """An exception's message on one line (pydicom lists each decoder's reason on its own)."""
+    lines = [line.strip().rstrip(":") for line in str(err).splitlines() if line.strip()]
+    return "; ".join(lines) or type(err).__name__

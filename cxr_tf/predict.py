@@ -47,8 +47,11 @@ class Result:
 
 
 def list_images(inputs) -> list[Path]:
-    """Files given, plus image files found recursively in folders given (hidden ones skipped):
-    JPEG, PNG and `.dcm` by name, DICOM under any other name by its header."""
+    """Files given, plus image files found recursively in folders given: JPEG, PNG and `.dcm` by
+    name, and DICOM images under any other name by their header (`dicom.is_dicom_image`, which
+    opens each such file: slow only on a network share full of other files). Hidden files and
+    folders and `__MACOSX` inside a folder given are skipped; the folder's own path may be
+    anything (`../scans`, `~/.cache/x`)."""
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -56,8 +59,10 @@ def list_images(inputs) -> list[Path]:
                 p
                 for p in item.rglob("*")
                 if p.is_file()
-                and not any(part.startswith(".") or part == "__MACOSX" for part in p.parts)
-                and (p.suffix.lower() in IMAGE_SUFFIXES or dicom.is_dicom(p))
+                and not any(
+                    part.startswith(".") or part == "__MACOSX" for part in p.relative_to(item).parts
+                )
+                and (p.suffix.lower() in IMAGE_SUFFIXES or dicom.is_dicom_image(p))
             )
         else:
             files.append(item)
@@ -68,9 +73,12 @@ def read_image_bytes(path: Path) -> bytes:
     """Encoded image bytes of a file; DICOM is converted to PNG. Raises ValueError with reason."""
     if not path.is_file():
         raise ValueError("no such file")
-    if path.suffix.lower() == ".dcm" or dicom.is_dicom(path):
-        return dicom.to_png(path)
-    data = path.read_bytes()
+    try:
+        if path.suffix.lower() == ".dcm" or dicom.is_dicom(path):
+            return dicom.to_png(path)
+        data = path.read_bytes()
+    except OSError as err:  # permissions, a file removed meanwhile, an I/O error
+        raise ValueError(f"cannot read the file: {err.strerror or err}") from err
     if not data:
         raise ValueError("empty file (0 bytes)")
     return data

@@ -2,6 +2,7 @@
 window, uncompressed and JPEG 2000) and on generated files for the cases it does not cover."""
 
 import io
+import shutil
 
 import numpy as np
 import pydicom  # the dev extra installs pydicom, pydicom-data and the JPEG 2000 decoder
@@ -169,16 +170,27 @@ def test_monochrome1_inverts_after_the_window(tmp_path):
     np.testing.assert_array_equal(dicom.read(path), [[255, 191], [63, 0]])
 
 
+_REASONS = (
+    "not a DICOM file",
+    "unreadable DICOM",
+    "DICOM without pixel data",
+    "multi-frame DICOM",
+    "colour DICOM",
+    "cannot decode the pixel data",
+    "window width",
+)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of each bad value
-def test_corrupt_headers_are_a_value_error_or_an_image(tmp_path):
+def test_corrupt_headers_are_a_one_line_error_or_an_image(tmp_path):
     """1,000 copies of a small file with random bytes of the header overwritten: each one reads
-    as an image or raises ValueError (so `predict` reports the file and goes on), never anything
-    else (seed 0: 680 errors, 320 images). Before, a bad value representation escaped as
-    NotImplementedError, as pydicom parses an element when it is first read."""
-    good = _write(
-        tmp_path, np.arange(64, dtype=np.uint16).reshape(8, 8), WindowCenter=30, WindowWidth=40
-    ).read_bytes()
-    pixels_at = good.rindex(np.arange(64, dtype=np.uint16).tobytes())
+    as an image or raises DicomError with one line that starts with one of our reasons (so
+    `predict` reports the file and goes on), never anything else. Before, a bad value
+    representation escaped as NotImplementedError (pydicom parses an element when it is first
+    read) and Python's own ValueErrors ("could not convert string to float") came through raw."""
+    stored = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    good = _write(tmp_path, stored, WindowCenter=30, WindowWidth=40).read_bytes()
+    pixels_at = good.rindex(stored.tobytes())
     rng = np.random.default_rng(0)
     outcomes = {"image": 0, "error": 0}
     bad = tmp_path / "bad.dcm"
@@ -189,8 +201,9 @@ def test_corrupt_headers_are_a_value_error_or_an_image(tmp_path):
         bad.write_bytes(bytes(data))
         try:
             image = dicom.read(bad)
-        except ValueError as err:
-            assert str(err), bytes(data)
+        except dicom.DicomError as err:
+            message = str(err)
+            assert "\n" not in message and message.startswith(_REASONS), message
             outcomes["error"] += 1
         else:
             assert image.dtype == np.uint8 and image.ndim == 2
@@ -220,11 +233,44 @@ def test_jpeg_lossless_and_jpeg_ls_decode_with_the_extra():
         assert image.ndim == 2 and image.std() > 10, name
 
 
-def test_an_encoding_without_a_decoder_is_one_line_naming_it():
+def test_an_encoding_without_a_decoder_is_one_line_naming_it(tmp_path):
     """12-bit lossy JPEG: no permissively licensed decoder reads this file; the error names the
-    encoding and the GPL decoder pydicom lists for it, on one line."""
-    with pytest.raises(ValueError) as err:
+    encoding, each decoder's reason and the GPL decoder pydicom lists for it, on one line. A
+    damaged uncompressed file is not sent to install decoders."""
+    with pytest.raises(dicom.DicomError) as err:
         dicom.read(get_testdata_file("JPEG-lossy.dcm"))
     message = str(err.value)
     assert "\n" not in message
-    assert "JPEG Extended" in message and "pylibjpeg-libjpeg" in message
+    assert message.startswith("cannot decode the pixel data (JPEG Extended")
+    assert "12-bit precision" in message and "pylibjpeg-libjpeg" in message
+    short = _write(tmp_path, np.zeros((8, 8), np.uint16))
+    short.write_bytes(short.read_bytes()[:-20])  # pixel data cut short
+    with pytest.raises(dicom.DicomError, match="^unreadable DICOM, damaged or incomplete pixel"):
+        dicom.read(short)
+
+
+def test_a_folder_search_takes_dicom_images_and_leaves_the_rest(tmp_path):
+    """A PACS export: images named by UID, a DICOMDIR and a report (no pixels) beside them. The
+    search takes the images only; a hidden folder inside is skipped, while the folder's own path
+    may hold `..` or a hidden part."""
+    from cxr_tf.predict import list_images
+
+    export = tmp_path / ".cache" / "export"
+    (export / "sub").mkdir(parents=True)
+    (export / ".trash").mkdir()
+    images = [
+        _write(export, np.zeros((4, 4), np.uint8), "1.2.840.113619.2.55.3.1"),
+        _write(export / "sub", np.zeros((4, 4), np.uint8), "IM0001"),
+    ]
+    _write(export / ".trash", np.zeros((4, 4), np.uint8), "IM0002")
+    shutil.copy(get_testdata_file("DICOMDIR"), export / "DICOMDIR")
+    report = _write(export, np.zeros((4, 4), np.uint8), "SR0001")
+    ds = pydicom.dcmread(report)
+    for keyword in ("PixelData", "Rows", "Columns"):
+        delattr(ds, keyword)
+    ds.save_as(report)
+    assert dicom.is_dicom(export / "DICOMDIR") and dicom.is_dicom(report)
+    assert list_images([export]) == sorted(images)
+    assert list_images([export / "sub" / ".."]) == sorted(
+        export / "sub" / ".." / p.relative_to(export) for p in images
+    )

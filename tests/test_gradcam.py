@@ -63,8 +63,9 @@ def _train_on_synthetic_chests(size: int, count: int, epochs: int, seed: int = 0
 def test_a_trained_densenet_puts_each_findings_heat_on_its_own_spot():
     """Synthetic NIH chests with two findings, whose spots sit in different places: on a trained
     DenseNet each finding's map peaks nearer its own spot than the other's, and is hotter on its
-    own spot (measured: all 120 maps, both ways). A map blind to the finding would do either
-    about half the time."""
+    own spot. Measured: 120 of 120 maps both ways, and in 56 of 60 images the two findings
+    ranked above the other twelve. A map blind to the finding would do either about half the
+    time."""
     size = 128
     model = _train_on_synthetic_chests(size, count=1500, epochs=10)
     rng = np.random.default_rng(1)

@@ -151,3 +151,19 @@ def test_a_real_dicom_gets_a_prediction(trained_run, tmp_path, capsys):
         assert 0 <= f["probability"] <= 1 and f["positive"] == (f["probability"] >= f["threshold"])
         probs.append(f["probability"])
     assert max(probs) - min(probs) < 1e-6
+
+
+def test_a_file_that_cannot_be_read_is_a_value_error(tmp_path, monkeypatch):
+    """A permission or I/O error is that file's error line, not a crash of the whole run (as
+    root, permissions cannot be denied here, so the read itself fails)."""
+    from cxr_tf.predict import read_image_bytes
+
+    path = tmp_path / "x.png"
+    path.write_bytes(b"\x89PNG")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(path), "read_bytes", denied)
+    with pytest.raises(ValueError, match="^cannot read the file: Permission denied$"):
+        read_image_bytes(path)
