@@ -115,10 +115,11 @@ def _display(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
             f"unreadable DICOM, damaged or incomplete pixel data: {_one_line(err)}"
         ) from err
 
-    values = np.asarray(apply_modality_lut(stored, ds), np.float64)
+    modality = apply_modality_lut(stored, ds)  # integers unless a rescale makes them float
+    values = np.asarray(modality, np.float64)
     if "VOILUTSequence" in ds:
-        lut = ds.VOILUTSequence[0]
-        shown = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), np.float64)
+        lut = ds.VOILUTSequence[0]  # a lookup table indexed by the (integer) modality values
+        shown = np.asarray(apply_voi_lut(modality, ds, index=0, prefer_lut=True), np.float64)
         bits = int(lut.LUTDescriptor[2])
         display = shown / (2.0**bits - 1)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
