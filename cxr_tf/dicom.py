@@ -37,10 +37,14 @@ def is_dicom(path) -> bool:
     often named by UID ("1.2.840.113619.2.55.3...") or "IM0001", with no `.dcm`."""
     try:
         with open(path, "rb") as f:
-            head = f.read(MAGIC_OFFSET + len(MAGIC))
+            return has_magic(f.read(MAGIC_OFFSET + len(MAGIC)))
     except OSError:
         return False
-    return head[MAGIC_OFFSET:] == MAGIC
+
+
+def has_magic(data: bytes) -> bool:
+    """Whether the bytes of a file start like DICOM: "DICM" after the 128-byte preamble."""
+    return data[MAGIC_OFFSET : MAGIC_OFFSET + len(MAGIC)] == MAGIC
 
 
 def is_dicom_image(path) -> bool:
@@ -64,28 +68,23 @@ def read(path) -> np.ndarray:
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as err:
         raise DicomError(f"reading DICOM needs pydicom 3: {INSTALL}") from err
 
     try:
-        ds = pydicom.dcmread(Path(path))
+        return _display(pydicom.dcmread(Path(path)))
+    except (DicomError, OSError):
+        raise
     except InvalidDicomError as err:
         raise DicomError("not a DICOM file (no 'DICM' header)") from err
-    except OSError:
-        raise
-    except Exception as err:  # truncated or malformed data elements
-        raise DicomError(f"unreadable DICOM, damaged header: {_one_line(err)}") from err
-    try:
-        return _display(ds, apply_modality_lut, apply_voi_lut)
-    except DicomError:
-        raise
-    except Exception as err:  # pydicom parses elements on first use: a corrupt one fails here
+    except Exception as err:  # malformed elements, in reading or (parsed on first use) after
         raise DicomError(f"unreadable DICOM, damaged header: {_one_line(err)}") from err
 
 
-def _display(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
+def _display(ds) -> np.ndarray:
     """`read` after the file is opened: checks, then the transforms of PS3.3 C.11."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     if "PixelData" not in ds:
         raise DicomError(
             "DICOM without pixel data: a report, presentation state or DICOMDIR rather than "

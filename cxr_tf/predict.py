@@ -74,9 +74,9 @@ def read_image_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise ValueError("no such file")
     try:
-        if path.suffix.lower() == ".dcm" or dicom.is_dicom(path):
-            return dicom.to_png(path)
         data = path.read_bytes()
+        if path.suffix.lower() == ".dcm" or dicom.has_magic(data):
+            return dicom.to_png(path)
     except OSError as err:  # permissions, a file removed meanwhile, an I/O error
         raise ValueError(f"cannot read the file: {err.strerror or err}") from err
     if not data:
