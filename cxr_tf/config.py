@@ -13,6 +13,7 @@ import yaml
 BALANCE_MODES = ("none", "class_weight", "oversample", "pos_weight")
 LOSSES = ("bce", "weighted_bce", "cce")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+LR_SCHEDULES = ("plateau", "cosine")
 
 
 def _default_stages():
@@ -29,6 +30,23 @@ class Config:
     rates are those for a global batch of `lr_reference_batch`; the trainer scales them to the
     global batch it actually gets (`trainer.scale_learning_rate`), so one config serves 1 CPU,
     8 GPUs and a TPU slice alike. `image_size` must not exceed the stored images' size.
+
+    Learning-rate schedule, per stage (each stage has a fresh optimizer). Where the scaling
+    raises a stage's rate above the config's, the rate ramps linearly from the config's rate to
+    the scaled one over the stage's first `warmup_epochs` epochs (a float: 0.5 is half an epoch;
+    0 turns it off): under `plateau` set once per execution (`steps_per_execution` steps), under
+    `cosine` at every step. Where it does not (global batch <= `lr_reference_batch`), there is
+    no warm-up: the scaled rate from the first step. Then `lr_schedule`: `plateau` (default)
+    multiplies the rate by `reduce_lr_factor` after `reduce_lr_patience` epochs without
+    improvement of `monitor` (epochs ending inside the warm-up do not count), down to
+    `min_learning_rate`; `cosine` decays it to 0 at the stage's last step
+    (`keras.optimizers.schedules.CosineDecay`; early stopping may end the stage sooner).
+
+    `ema` (e.g. 0.999; default null: off) keeps an exponential moving average of the trainable
+    weights in the optimizer, with that momentum per step, restarted at each stage: validation,
+    `best.keras`, the stage's end weights and the export are the averaged weights (BatchNorm's
+    moving statistics stay the trained ones). Pick it so that 1 / (1 - ema) steps is well under
+    a stage's steps.
     """
 
     dataset: str = "pneumonia"
@@ -55,6 +73,9 @@ class Config:
     reduce_lr_factor: float = 0.1
     reduce_lr_patience: int = 2
     min_learning_rate: float = 1e-7
+    lr_schedule: str = "plateau"  # plateau (ReduceLROnPlateau) or cosine (to 0 over a stage)
+    warmup_epochs: float = 1.0  # linear warm-up where the scaling raises a rate; 0: none
+    ema: float | None = None  # momentum of a moving average of the weights, e.g. 0.999
     steps_per_execution: int | None = None
     mixed_precision: str = "auto"
     threshold_rule: str = "youden"  # youden, max_f1, sensitivity=S or fixed=T (on validation)
@@ -76,6 +97,7 @@ class Config:
             ("activation", self.activation in ("sigmoid", "softmax"), ("sigmoid", "softmax")),
             ("optimizer", self.optimizer in ("adam", "sgd"), ("adam", "sgd")),
             ("channels", self.channels in (1, 3), (1, 3)),
+            ("lr_schedule", self.lr_schedule in LR_SCHEDULES, LR_SCHEDULES),
         ]
         for key, ok, allowed in checks:
             if not ok:
@@ -88,6 +110,16 @@ class Config:
             raise ValueError(
                 f"config lr_reference_batch={self.lr_reference_batch!r}: give the global batch "
                 "size the learning rates are meant for, a whole number >= 1 (e.g. 16)"
+            )
+        if self.warmup_epochs < 0:
+            raise ValueError(
+                f"config warmup_epochs={self.warmup_epochs} is negative; give the warm-up's "
+                "length in epochs (e.g. 1 or 0.5), or 0 for none"
+            )
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ValueError(
+                f"config ema={self.ema} is not a momentum in (0, 1); use e.g. 0.999, or null "
+                "for no weight averaging"
             )
         from cxr_tf.metrics import parse_threshold_rule
 

@@ -1,14 +1,16 @@
 """Imports of optional heavy dependencies, with install instructions when they are missing.
 
 TensorFlow is not a hard requirement of the package (installing it would replace the build that
-Colab or Kaggle already ship), so the modules that need it import it through here.
+Colab's GPU runtime and Kaggle's images ship; Colab's TPU runtime has none), so the modules that
+need it import it through here.
 """
 
 INSTALL_HINT = (
     "cxr_tf needs TensorFlow for this step, and it is not installed in this environment.\n"
     "  - on a GPU or local machine:     pip install 'cxr_tf[tf]'\n"
-    "  - CPU only / Kaggle TPU VM:      pip install 'cxr_tf[tf-cpu]'\n"
-    "Colab and Kaggle images already ship TensorFlow: there, install cxr_tf without an extra."
+    "  - Colab TPU runtime, CPU only:   pip install 'cxr_tf[tf-cpu]' (tf.data runs on the host)\n"
+    "Colab's GPU runtime and Kaggle's images ship TensorFlow: there, install cxr_tf without an "
+    "extra."
 )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf import config as config_lib
-from cxr_tf import metrics
+from cxr_tf import inference, metrics
 from cxr_tf.cli import fail
 
 
@@ -109,13 +109,13 @@ def evaluate(
     model = load_model(model_path)
     thresholds_file = thresholds_file or find_thresholds(model_path)
     calibrator = calibration_for(model.output_shape[-1], thresholds_file)
-    preds = metrics.predict_split(model, data_dir, split, info.name)
+    preds = inference.predict_split(model, data_dir, split, info.name)
     preds.probs = calibrator.apply(preds.probs)
     names, thresholds, source = label_info(preds.probs.shape[1], thresholds_file)
     saved = metrics.load_thresholds(thresholds_file) if thresholds_file else {}
     rule, chosen_on = saved.get("rule"), saved.get("source", "default")
     if threshold_rule is not None:
-        val = metrics.predict_split(model, data_dir, "validation", info.name)
+        val = inference.predict_split(model, data_dir, "validation", info.name)
         thresholds = metrics.choose_thresholds(
             calibrator.apply(val.probs), val.labels, threshold_rule
         )

@@ -7,7 +7,8 @@ grayscale or colour) and returns `probabilities` (float32 `[N, C]`), plus `label
 `thresholds` (`[C]`), so a consumer needs nothing else. Inside, each image goes through the
 evaluation transform read from the model's input contract: the same function the input
 pipeline applies, so serving and evaluation agree. The `.keras` model travels as an asset too
-(`assets/model.keras`), for Grad-CAM from an exported folder.
+(`assets/model.keras`, without optimizer state), for Grad-CAM from an exported folder. Both
+compute in float32, whatever precision trained the model (`models.as_float32`).
 
 Export always runs under the TensorFlow backend; a model trained under JAX is exported by
 loading its `.keras` file (the weights are backend-independent) in a TensorFlow process.
@@ -94,9 +95,10 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
     import keras
     import tensorflow as tf
 
-    from cxr_tf.input_pipeline import decode, eval_transform
-    from cxr_tf.models import input_contract
+    from cxr_tf.input_pipeline import as_model_input, decode, eval_transform
+    from cxr_tf.models import as_float32, input_contract
 
+    model = as_float32(model)
     contract = input_contract(model)
     names, thresholds, source = label_info(model.output_shape[-1], thresholds_file)
     calibrator = calibration_for(model.output_shape[-1], thresholds_file)
@@ -107,6 +109,7 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
 
     def preprocess(encoded):
         image = eval_transform(decode(encoded), contract.image_size, contract.crop_fraction)
+        image = as_model_input(image, contract.input_dtype)  # as evaluation feeds it
         return tf.repeat(image, contract.channels, axis=-1) if contract.channels == 3 else image
 
     def serve(images):
@@ -114,7 +117,8 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
             preprocess,
             images,
             fn_output_signature=tf.TensorSpec(
-                [contract.image_size, contract.image_size, contract.channels], tf.float32
+                [contract.image_size, contract.image_size, contract.channels],
+                contract.input_dtype,
             ),
         )
         probs = tf.cast(model(batch, training=False), tf.float32)
@@ -139,7 +143,7 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
     archive.write_out(str(tmp), verbose=False)
     assets = tmp / "assets"
     assets.mkdir(exist_ok=True)
-    shutil.copyfile(model_path, assets / MODEL_ASSET)
+    model.save(assets / MODEL_ASSET)  # the float32 model, no optimizer state
     (assets / LABELS_ASSET).write_text(
         json.dumps(
             {

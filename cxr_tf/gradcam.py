@@ -3,9 +3,10 @@
 Grad-CAM weights each feature map A_k of a layer by the mean gradient of the class score over
 it. Our head is global average pooling then `logits` (a Dense layer), so that gradient is
 w[k, c] / (H * W) at every position: Grad-CAM here equals ReLU(sum_k w[k, c] A_k), computed in
-closed form with `keras.ops`, with no backend-specific autodiff (Zhou et al.'s CAM, which
-Selvaraju et al. show Grad-CAM generalises). The feature maps are those of the `relu` layer,
-the output of the last dense block after its final BatchNorm.
+closed form (the features from one compiled forward pass, the sum in numpy), with no
+backend-specific autodiff (Zhou et al.'s CAM, which Selvaraju et al. show Grad-CAM
+generalises). The feature maps are those of the `relu` layer, the output of the last dense
+block after its final BatchNorm.
 
 The map is clipped at zero (the ReLU of Grad-CAM) rather than drawn relative to the image's
 mean: negative evidence for a finding, such as another finding's spot in a multi-label model,
@@ -16,24 +17,37 @@ is scaled to its own peak, so it shows where, not how strongly; the title gives 
 from __future__ import annotations
 
 import math
+import weakref
 
 import keras
 import numpy as np
-from keras import ops
 
 FEATURE_LAYER = "relu"
 
 
 def heatmaps(model: keras.Model, images: np.ndarray, class_index: int) -> np.ndarray:
-    """Grad-CAM maps for `class_index`, (N, h, w) in [0, 1] at the feature-map resolution."""
-    features_model = keras.Model(model.input, model.get_layer(FEATURE_LAYER).output)
-    feats = features_model(images, training=False)
-    kernel = model.get_layer("logits").kernel
-    weights = ops.cast(kernel[:, class_index], feats.dtype)
-    cam = ops.relu(ops.einsum("nhwk,k->nhw", feats, weights))
-    cam = np.asarray(ops.convert_to_numpy(ops.cast(cam, "float32")))
+    """Grad-CAM maps for `class_index`, (N, h, w) in [0, 1] at the feature-map resolution.
+
+    `images` as the model takes them (its input contract); the features come from one compiled
+    forward pass (`inference.Predictor`, built once per model), the maps from numpy."""
+    feats = _features(model)(images)
+    weights = np.asarray(model.get_layer("logits").kernel)[:, class_index]
+    cam = np.maximum(np.einsum("nhwk,k->nhw", feats, weights), 0.0)
     peak = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
     return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0)
+
+
+_FEATURES = weakref.WeakKeyDictionary()
+
+
+def _features(model: keras.Model):
+    """The compiled forward pass to the `relu` feature maps, made once per model."""
+    if model not in _FEATURES:
+        from cxr_tf.inference import Predictor
+
+        feature_model = keras.Model(model.input, model.get_layer(FEATURE_LAYER).output)
+        _FEATURES[model] = Predictor(feature_model, batch_size=8)
+    return _FEATURES[model]
 
 
 def upsample(cam: np.ndarray, size: int) -> np.ndarray:

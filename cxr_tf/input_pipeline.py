@@ -1,9 +1,11 @@
 """tf.data input pipeline over the converter's TFRecords: read, decode, augment, balance, batch.
 
-`make_dataset` is the one entry point. Images come out float32 in [0, 1], `(B, S, S, C)`; the
-model normalises them itself (it owns that contract), so the pipeline, evaluation and the
-exported model cannot drift apart. Labels come out float32: `(B, 1)` for pneumonia (or one-hot
-`(B, 2)` with `label_mode="categorical"`), `(B, 14)` multi-hot for nih14.
+`make_dataset` is the one entry point. Images come out `(B, S, S, C)`, float32 in [0, 1] or,
+with `image_dtype="uint8"` (what the trainer asks for: a quarter of the bytes across the host
+link), uint8 0..255; the model scales and normalises them itself (it owns that contract), so
+the pipeline, evaluation and the exported model cannot drift apart. Labels come out float32:
+`(B, 1)` for pneumonia (or one-hot `(B, 2)` with `label_mode="categorical"`), `(B, 14)`
+multi-hot for nih14.
 
 Training batches are `(images, labels)`, plus per-sample weights with `balance="class_weight"`.
 Evaluation batches are always `(images, labels, weights)` with weight 0 on padding, so that every
@@ -243,6 +245,7 @@ def make_dataset(
     skip_batches: int = 0,
     with_ids: bool = False,
     augment_in_model: bool = False,
+    image_dtype: str = "float32",
 ) -> tf.data.Dataset:
     """Batches of `(images, labels[, weights])` from a converted dataset; see the module doc.
 
@@ -271,6 +274,8 @@ def make_dataset(
       augment_in_model: training only: leave the augmentation to `models.RandomAugment` (on the
         accelerator). Images then come out as the whole stored images squashed to squares:
         (B, T, T, C) with T the stored shorter side (see `cxr_tf.augment`).
+      image_dtype: "float32" ([0, 1]) or "uint8" (0..255, rounded), the model's
+        `InputContract.input_dtype`.
     """
     info = read_info(data_dir, dataset)
     if split not in info.splits:
@@ -283,6 +288,8 @@ def make_dataset(
         raise ValueError(f"balance {balance!r} is not one of {BALANCE_MODES}")
     if channels not in (1, 3):
         raise ValueError(f"channels={channels}: use 3 (ImageNet weights) or 1")
+    if image_dtype not in ("float32", "uint8"):
+        raise ValueError(f"image_dtype={image_dtype!r}: use 'float32' or 'uint8'")
     label_mode = label_mode or ("multilabel" if info.task == "multilabel" else "binary")
     if label_mode not in LABEL_MODES or (label_mode == "multilabel") != (info.task == "multilabel"):
         raise ValueError(f"label_mode {label_mode!r} does not fit the {info.task} task {info.name}")
@@ -373,7 +380,7 @@ def make_dataset(
     if not training:
 
         def eval_map(image, label, *ids):
-            image = eval_transform(image, image_size, crop_fraction)
+            image = as_model_input(eval_transform(image, image_size, crop_fraction), image_dtype)
             if channels == 3:
                 image = tf.tile(image, [1, 1, 3])
             return (image, to_label(label), tf.constant(1.0), *ids)
@@ -414,8 +421,7 @@ def make_dataset(
         weight_table = tf.constant([cw[i] for i in range(num_classes)], tf.float32)
 
     def finish_batch(images, label):
-        if images.dtype == tf.uint8:  # squares: floats made per batch, one op, not B
-            images = tf.cast(images, tf.float32) * (1.0 / 255.0)
+        images = as_model_input(images, image_dtype)  # per batch: one op, not B
         if channels == 3:  # per batch, tile: one op; tf.repeat is twice as slow here
             images = tf.tile(images, [1, 1, 1, 3])
         if weight_table is not None:
@@ -425,7 +431,7 @@ def make_dataset(
     if augment_in_model:
         if skip_batches:
             ds = ds.skip(skip_batches * step_examples)
-        # uint8 is batched (a quarter of the bytes); floats are made per batch in finish_batch.
+        # uint8 is batched (a quarter of the bytes); floats, if asked for, per batch.
         ds = ds.batch(batch, drop_remainder=True)
         ds = ds.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
         return _finish(ds, deterministic=seed is not None)
@@ -448,6 +454,21 @@ def make_dataset(
 
     ds = ds.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
     return _finish(ds, deterministic=seed is not None)
+
+
+def as_model_input(images: tf.Tensor, dtype: str) -> tf.Tensor:
+    """Images (uint8 0..255, or float in [0, 1]) as a model's `InputContract.input_dtype`
+    wants them: "uint8" (float rounded) or "float32" in [0, 1]."""
+    if dtype == "uint8":
+        if images.dtype == tf.uint8:
+            return images
+        # Rounded half up past a point 0.001 grey levels beyond the half: resizing integers
+        # lands exactly halfway between two grey levels often, and there float rounding (which
+        # differs between eager, tf.data and the SavedModel's graph) would decide the level.
+        return tf.cast(tf.floor(tf.clip_by_value(images, 0.0, 1.0) * 255.0 + 0.501), tf.uint8)
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) * (1.0 / 255.0)
+    return images
 
 
 def _seeds(seed):

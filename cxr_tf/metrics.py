@@ -1,4 +1,4 @@
-"""Predictions over a split, decision thresholds, and per-class metrics (numpy + scikit-learn).
+"""Decision thresholds and per-class metrics over predictions (numpy + scikit-learn).
 
 Shared by training (thresholds chosen on the validation split, validation metrics) and
 evaluation, so both compute the same numbers the same way.
@@ -7,61 +7,10 @@ evaluation, so both compute the same numbers the same way.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
-
-
-@dataclass
-class Predictions:
-    """A model's outputs over a split, row-aligned with the labels and ids."""
-
-    probs: np.ndarray  # (N, C) float32
-    labels: np.ndarray  # (N, C) float32
-    image_ids: list[str]
-    patient_ids: list[str]
-
-
-def predict_split(model, data_dir, split: str, dataset: str | None = None, *, batch_size=32):
-    """Predictions for every example of `split`, in pipeline order, padding removed.
-
-    The evaluation transform and image size come from the model's input contract.
-    """
-    import keras
-
-    from cxr_tf import input_pipeline
-    from cxr_tf.models import input_contract
-
-    contract = input_contract(model)
-    label_mode = "categorical" if model.output_shape[-1] == 2 else None
-    ds = input_pipeline.make_dataset(
-        data_dir,
-        split,
-        global_batch_size=batch_size,
-        image_size=contract.image_size,
-        training=False,
-        channels=contract.channels,
-        crop_fraction=contract.crop_fraction,
-        label_mode=label_mode,
-        dataset=dataset,
-        with_ids=True,
-    )
-    probs, labels, image_ids, patient_ids = [], [], [], []
-    for images, y, w, iid, pid in ds.as_numpy_iterator():
-        keep = w > 0
-        if not keep.any():
-            continue
-        # A direct call, not predict_on_batch: under MirroredStrategy that one runs the whole
-        # batch on every replica and concatenates the copies.
-        p = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)), np.float32)
-        probs.append(p[keep])
-        labels.append(y[keep])
-        image_ids += [x.decode() for x in iid[keep]]
-        patient_ids += [x.decode() for x in pid[keep]]
-    return Predictions(np.concatenate(probs), np.concatenate(labels), image_ids, patient_ids)
-
 
 THRESHOLD_RULES = ("youden", "max_f1", "sensitivity=S", "fixed=T")
 

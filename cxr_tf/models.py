@@ -60,7 +60,9 @@ VARIANTS = {
 
 @dataclass(frozen=True)
 class InputContract:
-    """What a model expects: square float images in [0, 1] of `image_size`, `channels`.
+    """What a model expects: square images of `image_size`, `channels`, as `input_dtype`:
+    "uint8" (0..255: what the trainer builds, so that batches cross to the accelerator as bytes
+    and become floats inside the model) or "float32" (in [0, 1]; models saved before uint8).
 
     `mean`/`std` are applied inside the model; `crop_fraction` is the share of the whole image,
     squashed to a square, that the evaluation transform (`input_pipeline.eval_transform`, also
@@ -72,11 +74,13 @@ class InputContract:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_fraction: float = 1.0
+    input_dtype: str = "float32"
 
 
 @keras.saving.register_keras_serializable(package="cxr_tf")
 class Preprocess(layers.Layer):
-    """Normalises `[0, 1]` images with the contract's mean/std; carries the contract.
+    """Normalises images with the contract's mean/std (uint8 ones scaled to [0, 1] first);
+    carries the contract.
 
     With `ones_channel`, appends a channel of ones to the normalised image: the first
     convolution's kernel on it holds the offset that makes a 1-channel model equal to the RGB
@@ -84,15 +88,30 @@ class Preprocess(layers.Layer):
     """
 
     def __init__(
-        self, image_size, channels, mean, std, crop_fraction=1.0, ones_channel=False, **kwargs
+        self,
+        image_size,
+        channels,
+        mean,
+        std,
+        crop_fraction=1.0,
+        ones_channel=False,
+        input_dtype="float32",
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.contract = InputContract(
-            int(image_size), int(channels), tuple(mean), tuple(std), float(crop_fraction)
+            int(image_size),
+            int(channels),
+            tuple(mean),
+            tuple(std),
+            float(crop_fraction),
+            str(input_dtype),
         )
         self.ones_channel = bool(ones_channel)
 
     def call(self, x):
+        if "int" in str(x.dtype):  # no augmentation layer before: the model's uint8 input
+            x = ops.cast(x, self.compute_dtype) * (1.0 / 255.0)
         mean = ops.convert_to_tensor(self.contract.mean, dtype=x.dtype)
         std = ops.convert_to_tensor(self.contract.std, dtype=x.dtype)
         x = (x - mean) / std
@@ -113,11 +132,12 @@ class Preprocess(layers.Layer):
 class RandomAugment(layers.Layer):
     """Training augmentation on the accelerator (see `cxr_tf.augment`); identity otherwise.
 
-    In training, takes `[0, 1]` images of any size T x T (the stored images squashed to squares,
-    from `make_dataset(..., augment_in_model=True)`) and returns S x S ones: one bilinear
-    resampling (crop, scale, rotation, zoom, translation, flip) and one multiply-add (brightness,
-    contrast) per image, with draws from a seeded generator whose state is saved with the model.
-    In inference the input is already S x S (the evaluation transform) and passes unchanged.
+    In training, takes images of any size T x T (the stored images squashed to squares, from
+    `make_dataset(..., augment_in_model=True)`), uint8 or in [0, 1], and returns S x S floats in
+    [0, 1]: one resampling without gathers (`augment.warp`: crop, scale, rotation, zoom,
+    translation, flip) and one multiply-add (brightness, contrast) per image, with draws from a
+    seeded generator whose state is saved with the model. In inference the input is already
+    S x S (the evaluation transform) and is only scaled to [0, 1].
     """
 
     def __init__(self, image_size, augment=None, seed=None, **kwargs):
@@ -131,19 +151,18 @@ class RandomAugment(layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, x, training=None):
+        # uint8 images (what the trainer feeds: bytes cross to the accelerator) are resampled
+        # as the integers they are, exact in bfloat16 matrix passes, then scaled to [0, 1].
+        scale = 1.0 / 255.0 if "int" in str(x.dtype) else 1.0
+        x = ops.cast(x, "float32")
         if not training:
-            return x
-        s = self.image_size
+            return x * scale if scale != 1.0 else x
         shape = ops.shape(x)
         u = self._uniforms(shape[0])
         size = ops.cast(ops.stack([shape[1], shape[2]]), "float32")
         sizes = ops.ones((shape[0], 1), "float32") * size[None, :]
-        transforms = aug_lib.affine_transforms(sizes, u, s, self.augment, ops)
-        # affine_transform keeps the input size (T >= S): the S x S result is its top-left part.
-        out = ops.image.affine_transform(
-            x, transforms, interpolation="bilinear", fill_mode="constant", fill_value=0.0
-        )
-        return aug_lib.photometric(out[:, :s, :s, :], u[:, 9:], self.augment, ops)
+        out = aug_lib.warp(x, sizes, u, self.image_size, self.augment, ops)
+        return aug_lib.photometric(out * scale, u[:, 9:], self.augment, ops)
 
     def _uniforms(self, n):
         """(n, NUM_UNIFORMS) draws for this replica's images. Under tf.distribute every replica
@@ -197,6 +216,25 @@ def load_model(path) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
 
+def as_float32(model: keras.Model) -> keras.Model:
+    """`model` computing in float32 whatever precision trained it (the same layers rebuilt with
+    float32 policies, the weights copied), for serving: CPUs without bfloat16 units and older
+    GPUs run float32 fast, and a model trained in float16 would otherwise serve in float16."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def rebuild(layer):
+        if isinstance(layer, layers.InputLayer):
+            return layer
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=rebuild)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _bn(name: str, momentum: float):
     return layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, momentum=momentum, name=name)
 
@@ -240,6 +278,7 @@ def build_model(
     augment: aug_lib.Augment | dict | None = None,
     seed: int | None = None,
     ones_channel: bool | None = None,
+    input_dtype: str = "float32",
 ) -> keras.Model:
     """A DenseNet classifier whose probabilities come out as float32 (also under mixed precision).
 
@@ -258,6 +297,8 @@ def build_model(
       ones_channel: give a 1-channel model the channel of ones that carries RGB weights exactly
         (`stem_kernel`); default: when it starts from weights. A model trained from scratch has
         no RGB model to equal and keeps a plain 1-channel stem.
+      input_dtype: "uint8" (images 0..255, as the trainer feeds them: a quarter of the bytes
+        across the host link) or "float32" (images in [0, 1]); see `InputContract`.
     """
     if name not in VARIANTS:
         raise ValueError(f"model {name!r} is not one of {sorted(VARIANTS)}")
@@ -265,16 +306,18 @@ def build_model(
         raise ValueError(f"activation {activation!r} is not 'sigmoid' or 'softmax'")
     if channels not in (1, 3):
         raise ValueError(f"channels={channels}: use 3 (ImageNet weights) or 1")
+    if input_dtype not in ("uint8", "float32"):
+        raise ValueError(f"input_dtype={input_dtype!r}: use 'uint8' or 'float32'")
     variant = VARIANTS[name]
     momentum = variant.bn_momentum
     mean = IMAGENET_MEAN if channels == 3 else GRAY_MEAN
     std = IMAGENET_STD if channels == 3 else GRAY_STD
 
     if augment is None:
-        inputs = keras.Input((image_size, image_size, channels), name="image")
+        inputs = keras.Input((image_size, image_size, channels), dtype=input_dtype, name="image")
         x = inputs
     else:
-        inputs = keras.Input((None, None, channels), name="image")
+        inputs = keras.Input((None, None, channels), dtype=input_dtype, name="image")
         x = RandomAugment(image_size, augment, seed, name="augment")(inputs)
     x = Preprocess(
         image_size,
@@ -284,6 +327,7 @@ def build_model(
         crop_fraction,
         ones_channel=channels == 1
         and (weights not in (None, "none") if ones_channel is None else ones_channel),
+        input_dtype=input_dtype,
         name="preprocess",
     )(x)
     x = layers.ZeroPadding2D(((3, 3), (3, 3)), name="zero_padding2d")(x)

@@ -106,6 +106,7 @@ class Predictor:
         self.serving = None
         self.keras_path = None
         self._keras = None
+        self._forward = None
         self.calibration = None  # a SavedModel applies its own
         if path.is_dir() and (path / "saved_model.pb").is_file():
             import tensorflow as tf
@@ -139,28 +140,34 @@ class Predictor:
             self._keras = load_model(self.keras_path)
         return self._keras
 
+    def forward(self):
+        """The Keras model's compiled forward pass (`inference.Predictor`), one image a call."""
+        if self._forward is None:
+            from cxr_tf.inference import Predictor
+
+            self._forward = Predictor(self.keras_model(), batch_size=1)
+        return self._forward
+
     def preprocess(self, data: bytes) -> np.ndarray:
         """The evaluation transform of the model's contract, as a (1, S, S, C) batch."""
-        from cxr_tf.input_pipeline import decode, eval_transform
+        from cxr_tf.input_pipeline import as_model_input, decode, eval_transform
         from cxr_tf.models import input_contract
 
         c = input_contract(self.keras_model())
-        image = eval_transform(decode(data), c.image_size, c.crop_fraction).numpy()
+        image = eval_transform(decode(data), c.image_size, c.crop_fraction)
+        image = as_model_input(image, c.input_dtype).numpy()
         if c.channels == 3:
             image = np.repeat(image, 3, axis=-1)
         return image[None]
 
     def probabilities(self, data: bytes) -> np.ndarray:
         """(C,) probabilities for one encoded image; raises ValueError for non-image bytes."""
-        import keras
         import tensorflow as tf
 
         try:
             if self.serving is not None:
                 return self.serving(images=tf.constant([data]))["probabilities"].numpy()[0]
-            out = self.keras_model()(self.preprocess(data), training=False)
-            probs = np.asarray(keras.ops.convert_to_numpy(out), np.float32)
-            return self.calibration.apply(probs)[0]
+            return self.calibration.apply(self.forward()(self.preprocess(data)))[0]
         except tf.errors.InvalidArgumentError as err:
             raise ValueError(f"not a readable image: {_why_unreadable(data, err)}") from err
 

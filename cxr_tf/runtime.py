@@ -357,5 +357,48 @@ def default_precision(runtime: Runtime) -> str:
 
 
 def default_steps_per_execution(runtime: Runtime) -> int:
-    """Several steps per host round-trip on TPU, where each dispatch is expensive."""
+    """32 on TPU, else 1: the steps `fit` runs per call of `model.train_function`, between two
+    rounds of per-batch callbacks and logs.
+
+    What one execution is depends on the backend (`describe_steps_per_execution`). TensorFlow
+    (TPUStrategy): one `tf.function` holding a `tf.while_loop` over the steps, so one host
+    round-trip per execution. JAX (Keras 3.13.2, 3.15.1 and master of 2026-08): a Python loop
+    that dispatches the jitted train step once per step; JAX dispatches asynchronously, so the
+    host runs ahead of the chips, but each step still costs one dispatch, and only callbacks,
+    logs and the host syncs they bring run once per execution (benchmarks/dispatch_overhead.py
+    measures it). A Keras whose JAX trainer loops on the device (keras-team/keras#23527 proposes
+    `lax.scan`) uses the same setting; `keras_jax_loops_on_device` tells which. Either way an
+    epoch is whole executions (`trainer.plan_epoch`), so epoch lengths and resume stay exact.
+    """
     return 32 if runtime.device_kind == "TPU" else 1
+
+
+def keras_jax_loops_on_device() -> bool:
+    """The installed Keras' JAX trainer runs `steps_per_execution` steps in one compiled
+    program (a `lax.scan`, `fori_loop` or `while_loop` in its trainer module), rather than a
+    Python loop of one jitted call per step. Read from its source, by feature, not version."""
+    import inspect
+    import re
+
+    try:
+        from keras.src.backend.jax import trainer
+
+        source = inspect.getsource(trainer)
+    except (ImportError, OSError, TypeError):
+        return False
+    return re.search(r"\b(scan|fori_loop|while_loop)\(", source) is not None
+
+
+def describe_steps_per_execution(runtime: Runtime, steps_per_execution: int) -> str:
+    """What `steps_per_execution` does here, in one line (printed by the trainer)."""
+    n = steps_per_execution
+    if n <= 1:
+        return "1 step per execution: callbacks and logs after every step"
+    if runtime.backend == "tensorflow":
+        return f"{n} steps per execution: one tf.function loop, one host round-trip per {n} steps"
+    if keras_jax_loops_on_device():
+        return f"{n} steps per execution: one on-device loop, one dispatch per {n} steps"
+    return (
+        f"{n} steps per execution: Keras' JAX trainer still dispatches each step from Python "
+        f"(asynchronously); callbacks and logs run once per {n} steps"
+    )

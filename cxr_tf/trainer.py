@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cxr_tf import calibration, input_pipeline, metrics, models
+from cxr_tf import calibration, inference, input_pipeline, metrics, models
 from cxr_tf import config as config_lib
 from cxr_tf.losses import make_loss
 from cxr_tf.runtime import Runtime, default_precision, default_steps_per_execution
@@ -31,8 +31,10 @@ from cxr_tf.runtime import Runtime, default_precision, default_steps_per_executi
 
 class _ResumableCallbackState(keras.callbacks.Callback):
     """Saves and restores what BackupAndRestore does not: the counters of EarlyStopping,
-    ReduceLROnPlateau and ModelCheckpoint, and EarlyStopping's best weights, so that a resumed
-    run takes the same decisions as an uninterrupted one."""
+    ReduceLROnPlateau (None under the cosine schedule) and ModelCheckpoint, and EarlyStopping's
+    best weights, so that a resumed run takes the same decisions as an uninterrupted one. (The
+    learning rate, its schedule's position and the averaged weights are optimizer variables,
+    which the backup holds.)"""
 
     def __init__(self, folder: Path, early_stopping, reduce_lr, checkpoint):
         super().__init__()
@@ -49,8 +51,9 @@ class _ResumableCallbackState(keras.callbacks.Callback):
             state["es_best"],
             state["es_best_epoch"],
         )
-        self.rlr.wait, self.rlr.best = state["rlr_wait"], state["rlr_best"]
-        self.rlr.cooldown_counter = state["rlr_cooldown"]
+        if self.rlr is not None:
+            self.rlr.wait, self.rlr.best = state["rlr_wait"], state["rlr_best"]
+            self.rlr.cooldown_counter = state["rlr_cooldown"]
         self.ckpt.best = state["ckpt_best"]
         best = self.folder / "es_best.npz"
         if best.is_file():
@@ -67,11 +70,11 @@ class _ResumableCallbackState(keras.callbacks.Callback):
             "es_wait": self.es.wait,
             "es_best": _num(self.es.best),
             "es_best_epoch": self.es.best_epoch,
-            "rlr_wait": self.rlr.wait,
-            "rlr_best": _num(self.rlr.best),
-            "rlr_cooldown": self.rlr.cooldown_counter,
             "ckpt_best": _num(self.ckpt.best),
         }
+        if self.rlr is not None:
+            state["rlr_wait"], state["rlr_best"] = self.rlr.wait, _num(self.rlr.best)
+            state["rlr_cooldown"] = self.rlr.cooldown_counter
         tmp = self.folder / "callbacks.json.tmp"
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.folder / "callbacks.json")
@@ -105,8 +108,10 @@ def scale_learning_rate(lr: float, global_batch: int, reference_batch: int, opti
 
     Adam: square-root rule, lr x sqrt(global / reference) (Malladi et al. 2022, "On the SDEs and
     scaling rules for adaptive gradient algorithms"): Adam's normalised step makes the linear rule
-    overshoot, and sqrt needs no warm-up at the 16x of a TPU v3-8 over CheXNet's batch 16.
-    SGD: linear rule, lr x global / reference (Goyal et al. 2017).
+    overshoot. SGD: linear rule, lr x global / reference (Goyal et al. 2017). Either way a
+    raised rate is reached by a linear warm-up from `lr` (`plan_schedules`, `warmup_epochs`),
+    Goyal et al.'s gradual warm-up: even under the square root, 16x the batch (a TPU v3-8 over
+    CheXNet's 16) is 4x the rate, applied to a fresh optimizer's first steps.
     """
     ratio = global_batch / reference_batch
     return float(lr) * (math.sqrt(ratio) if optimizer == "adam" else ratio)
@@ -115,6 +120,194 @@ def scale_learning_rate(lr: float, global_batch: int, reference_batch: int, opti
 def lr_rule(optimizer: str) -> str:
     """The name of `scale_learning_rate`'s rule for `optimizer`, as printed and saved."""
     return "sqrt" if optimizer == "adam" else "linear"
+
+
+class StageSchedule:
+    """One stage's learning rate: the config's `config_rate`, scaled to `rate`; a linear warm-up
+    from the one to the other over the first `warmup_steps` of the stage's `steps` (0: none);
+    then `kind`, plateau (ReduceLROnPlateau) or cosine (to 0 at the stage's last step)."""
+
+    def __init__(self, config_rate, rate, steps, warmup_steps, kind, steps_per_execution=1):
+        self.config_rate, self.rate = float(config_rate), float(rate)
+        self.steps, self.warmup_steps, self.kind = int(steps), int(warmup_steps), kind
+        self.steps_per_execution = int(steps_per_execution)
+
+    def warmup_rate(self, step: int) -> float:
+        """The warm-up's rate at optimizer step `step` (CosineDecay's warm-up formula)."""
+        fraction = min(step, self.warmup_steps) / self.warmup_steps
+        return self.config_rate + (self.rate - self.config_rate) * fraction
+
+    def optimizer_rate(self):
+        """The optimizer's `learning_rate`: a CosineDecay (its warm-up in the schedule), or for
+        plateau a float (the warm-up's start, which `_LinearWarmup` then ramps)."""
+        if self.kind == "cosine":
+            schedules = keras.optimizers.schedules
+            if self.warmup_steps:
+                return schedules.CosineDecay(
+                    initial_learning_rate=self.config_rate,
+                    decay_steps=self.steps - self.warmup_steps,
+                    warmup_target=self.rate,
+                    warmup_steps=self.warmup_steps,
+                )
+            return schedules.CosineDecay(initial_learning_rate=self.rate, decay_steps=self.steps)
+        return self.config_rate if self.warmup_steps else self.rate
+
+    def describe(self) -> str:
+        rest = (
+            f"cosine to 0 over {self.steps - self.warmup_steps} steps"
+            if self.kind == "cosine"
+            else "reduce on plateau"
+        )
+        if not self.warmup_steps:
+            return rest
+        every = (
+            f" (set every {self.steps_per_execution} steps)"
+            if self.kind == "plateau" and self.steps_per_execution > 1
+            else ""
+        )
+        return f"warm-up {self.warmup_steps} steps from {self.config_rate:.3g}{every}, then {rest}"
+
+    def to_dict(self) -> dict:
+        return {
+            "schedule": self.kind,
+            "learning_rate": self.rate,
+            "warmup_steps": self.warmup_steps,
+            "warmup_from": self.config_rate if self.warmup_steps else None,
+            "steps": self.steps,
+            "description": self.describe(),
+        }
+
+
+def plan_schedules(cfg, global_batch: int, steps_per_epoch: int, steps_per_execution: int = 1):
+    """Each stage's `StageSchedule`. A stage warms up iff the scaling rule raises its rate above
+    the config's; every such stage does, not only the first, since each starts a fresh optimizer
+    (Adam's moments at zero) and often on newly unfrozen layers."""
+    plans = []
+    for k, stage in enumerate(cfg.stages):
+        config_rate = float(stage["learning_rate"])
+        rate = scale_learning_rate(config_rate, global_batch, cfg.lr_reference_batch, cfg.optimizer)
+        steps = int(stage["epochs"]) * steps_per_epoch
+        warmup = 0
+        if rate > config_rate and cfg.warmup_epochs > 0:
+            warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
+            if warmup >= steps:
+                raise ValueError(
+                    f"config warmup_epochs={cfg.warmup_epochs}: stage {k + 1}'s warm-up "
+                    f"({warmup} steps) is not shorter than the stage ({steps} steps); lower "
+                    "warmup_epochs or give the stage more epochs"
+                )
+        plans.append(
+            StageSchedule(config_rate, rate, steps, warmup, cfg.lr_schedule, steps_per_execution)
+        )
+    return plans
+
+
+def make_optimizer(cfg, schedule: StageSchedule):
+    """The stage's optimizer (create it in the runtime's scope), with the weights' moving
+    average when `cfg.ema` is set."""
+    ema = {"use_ema": True, "ema_momentum": cfg.ema} if cfg.ema else {}
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(schedule.optimizer_rate(), **ema)
+    return keras.optimizers.SGD(schedule.optimizer_rate(), momentum=0.9, **ema)
+
+
+def lr_callbacks(cfg, schedule: StageSchedule, mode: str):
+    """(the callbacks that drive the stage's rate, its ReduceLROnPlateau or None). Each logs the
+    rate as `learning_rate`, so history.csv has the same columns whatever the schedule."""
+    if schedule.kind == "cosine":
+        return [_LogLearningRate()], None
+    plateau = dict(
+        monitor=cfg.monitor,
+        mode=mode,
+        factor=cfg.reduce_lr_factor,
+        patience=cfg.reduce_lr_patience,
+        min_lr=cfg.min_learning_rate,
+    )
+    if not schedule.warmup_steps:
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(**plateau)
+        return [reduce_lr], reduce_lr
+    reduce_lr = _ReduceLROnPlateauAfterWarmup(schedule.warmup_steps, **plateau)
+    return [_LinearWarmup(schedule), reduce_lr], reduce_lr
+
+
+def _current_rate(optimizer) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def _optimizer_step(model) -> int:
+    """The optimizer's step counter, mid-epoch too: under JAX, `fit` keeps the variables' values
+    in its own state during an epoch, so sync them back first (`fit` then reads them again)."""
+    if keras.backend.backend() == "jax":
+        model.jax_state_sync()
+    return int(model.optimizer.iterations)
+
+
+class _LinearWarmup(keras.callbacks.Callback):
+    """The plateau schedule's warm-up: sets the optimizer's rate from its step counter, the
+    config's rate to the scaled one over `warmup_steps`, then leaves the scaled rate (a variable,
+    not a LearningRateSchedule) to ReduceLROnPlateau. Batch callbacks run once per execution, so
+    the rate changes every `steps_per_execution` steps: an execution's first step's rate holds
+    for all of it. Stateless: the step counter, which BackupAndRestore restores, says where the
+    warm-up is, so a resumed run ramps as an uninterrupted one."""
+
+    def __init__(self, schedule: StageSchedule):
+        super().__init__()
+        self.schedule = schedule
+        self.done = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.done:
+            return
+        step = _optimizer_step(self.model)
+        self.done = step >= self.schedule.warmup_steps  # resumed past it: the rate is restored
+        if not self.done:
+            self.model.optimizer.learning_rate = self.schedule.warmup_rate(step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.done and _optimizer_step(self.model) >= self.schedule.warmup_steps:
+            # the scaled rate before any epoch's end, where ReduceLROnPlateau and the backup
+            # read it
+            self.model.optimizer.learning_rate = self.schedule.rate
+            self.done = True
+
+
+class _ReduceLROnPlateauAfterWarmup(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau that starts judging after the warm-up (ending inside an epoch counts):
+    during it the rate is the warm-up's, which a reduction would not change."""
+
+    def __init__(self, warmup_steps: int, **kwargs):
+        super().__init__(**kwargs)
+        self.warmup_steps = warmup_steps
+
+    def on_epoch_end(self, epoch, logs=None):
+        if int(self.model.optimizer.iterations) >= self.warmup_steps:
+            return super().on_epoch_end(epoch, logs)
+        if logs is not None:
+            logs["learning_rate"] = _current_rate(self.model.optimizer)
+
+
+class _LogLearningRate(keras.callbacks.Callback):
+    """Logs the rate as `learning_rate` at each epoch's end, as ReduceLROnPlateau does."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = _current_rate(self.model.optimizer)
+
+
+class _SwapEMAWeights(keras.callbacks.SwapEMAWeights):
+    """`SwapEMAWeights(swap_on_epoch=True)`, resumable. At each epoch's end it puts the averaged
+    weights in the model (and the raw ones in the optimizer's average slots) for the callbacks
+    after it: checkpoint, early stopping's best weights, the backup. So a backup holds them that
+    way round, and a run resumed from one must swap back at its first epoch's start, as the
+    uninterrupted run does; Keras' callback, new in each run, would not know to."""
+
+    def __init__(self, backup_weights: Path):
+        super().__init__(swap_on_epoch=True)
+        self.backup_weights = backup_weights
+
+    def on_train_begin(self, logs=None):
+        # BackupAndRestore loads this file in its own on_train_begin, iff it exists
+        self._ema_weights_in_model = Path(self.backup_weights).is_file()
 
 
 def plan_epoch(auto_steps: int, configured: int | None, steps_per_execution: int):
@@ -175,6 +368,7 @@ def _dataset(runtime: Runtime, data_dir, cfg, split: str, training: bool, **kw):
             oversample_ratio=cfg.oversample_ratio,
             cache=cfg.cache,
             augment_in_model=training and cfg.augment_in_model,
+            image_dtype="uint8",  # bytes to the device; the model makes floats (its contract)
             **kw,
         )
 
@@ -252,19 +446,23 @@ def train(
         cfg.steps_per_epoch,
         cfg.steps_per_execution or default_steps_per_execution(runtime),
     )
-    learning_rates = [
-        scale_learning_rate(
-            s["learning_rate"], runtime.global_batch, cfg.lr_reference_batch, cfg.optimizer
-        )
-        for s in cfg.stages
-    ]
+    schedules = plan_schedules(cfg, runtime.global_batch, steps, steps_per_execution)
+    learning_rates = [s.rate for s in schedules]
+    described = [s.describe() for s in schedules]
     print(
         f"cxr_tf.train: an epoch is {steps} steps of {runtime.global_batch} images, "
         f"{steps_per_execution} per execution; learning rate "
         + ", ".join(f"{lr:.3g}" for lr in learning_rates)
         + f" ({lr_rule(cfg.optimizer)} rule from the config's "
-        f"rates at global batch {cfg.lr_reference_batch})"
+        f"rates at global batch {cfg.lr_reference_batch}); "
+        + (
+            described[0]
+            if len(described) == 1
+            else "; ".join(f"stage {k + 1}: {d}" for k, d in enumerate(described))
+        )
+        + (f"; weights averaged (EMA {cfg.ema})" if cfg.ema else "")
     )
+    _print_steps_per_execution(runtime, steps_per_execution)
 
     # ---- model
     precision = cfg.mixed_precision
@@ -283,6 +481,7 @@ def train(
             dropout=cfg.dropout,
             augment=cfg.augment if cfg.augment_in_model else None,
             seed=cfg.seed,
+            input_dtype="uint8",
         )
     # Written once the data and the config have proved usable, so a typo never claims (or
     # leaves behind) the run folder.
@@ -293,6 +492,8 @@ def train(
             learning_rates=learning_rates,
             lr_rule=lr_rule(cfg.optimizer),
             lr_reference_batch=cfg.lr_reference_batch,
+            lr_schedule=[s.to_dict() for s in schedules],
+            ema=cfg.ema,
             steps_per_epoch=steps,
             steps_per_execution=steps_per_execution,
             precision=precision,
@@ -321,13 +522,8 @@ def train(
             continue
         models.set_backbone_trainable(model, bool(stage.get("train_backbone", True)))
         with runtime.scope():
-            optimizer = (
-                keras.optimizers.Adam(learning_rates[k])
-                if cfg.optimizer == "adam"
-                else keras.optimizers.SGD(learning_rates[k], momentum=0.9)
-            )
             model.compile(
-                optimizer=optimizer,
+                optimizer=make_optimizer(cfg, schedules[k]),
                 loss=make_loss(cfg.loss, pos_weight),
                 # weighted: evaluation pads its last batch with weight-0 examples, which plain
                 # `metrics` would count (Keras applies sample weights to weighted_metrics only).
@@ -354,19 +550,14 @@ def train(
             training=True,
             skip_batches=(resume_at - start_epoch) * steps,
         )
+        _check_step_memory(model, runtime, cfg, train_ds)
         early = keras.callbacks.EarlyStopping(
             monitor=cfg.monitor,
             mode=mode,
             patience=cfg.early_stopping_patience,
             restore_best_weights=True,
         )
-        reduce_lr = keras.callbacks.ReduceLROnPlateau(
-            monitor=cfg.monitor,
-            mode=mode,
-            factor=cfg.reduce_lr_factor,
-            patience=cfg.reduce_lr_patience,
-            min_lr=cfg.min_learning_rate,
-        )
+        rate_callbacks, reduce_lr = lr_callbacks(cfg, schedules[k], mode)
         checkpoint = keras.callbacks.ModelCheckpoint(
             str(best_path),
             monitor=cfg.monitor,
@@ -376,10 +567,12 @@ def train(
         )
         callbacks = [
             _ValLossWithoutPadding(val_rows, info.num_examples("validation")),
+            # before the checkpoint, early stopping and the backup: they see the averaged weights
+            *([_SwapEMAWeights(stage_dir / "latest.weights.h5")] if cfg.ema else []),
             keras.callbacks.TerminateOnNaN(),
             checkpoint,
             early,
-            reduce_lr,
+            *rate_callbacks,
             keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
             keras.callbacks.TensorBoard(str(workdir / "tensorboard")),
             keras.callbacks.BackupAndRestore(str(stage_dir)),
@@ -412,7 +605,7 @@ def train(
         model.load_weights(best_path)
     else:  # no epoch improved on the monitor's start value: keep the last weights
         model.save(best_path)
-    preds = metrics.predict_split(
+    preds = inference.predict_split(
         model, data_dir, "validation", cfg.dataset, batch_size=runtime.global_batch
     )
     calibrator = fit_calibration(cfg, info, preds.probs, preds.labels)
@@ -482,3 +675,19 @@ def _export(best_path: Path, workdir: Path) -> str | None:
             f"`python -m cxr_tf.export --model {best_path} --out {workdir / 'saved_model'}`"
         )
         return None
+
+
+def _check_step_memory(model, runtime: Runtime, cfg, train_ds) -> None:
+    """JAX: the compiled train step's memory against the device's, before `fit` (which reuses
+    that compile); stops a TPU run that cannot fit with a one-line error (`cxr_tf.memory`)."""
+    if runtime.backend == "jax":
+        from cxr_tf import memory
+
+        memory.check_train_step(model, runtime, cfg, train_ds.element_spec)
+
+
+def _print_steps_per_execution(runtime: Runtime, steps_per_execution: int) -> None:
+    """What steps_per_execution does on this backend (`runtime.describe_steps_per_execution`)."""
+    from cxr_tf.runtime import describe_steps_per_execution
+
+    print(f"cxr_tf.train: {describe_steps_per_execution(runtime, steps_per_execution)}")

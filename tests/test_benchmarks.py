@@ -1,4 +1,8 @@
-"""benchmarks/convert_throughput.py runs end to end on a tiny source and reports every figure."""
+"""The benchmarks run end to end in a tiny mode and report every figure."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 
 def test_convert_throughput_smoke(tmp_path, capsys, load_benchmark):
@@ -16,3 +20,17 @@ def test_convert_throughput_smoke(tmp_path, capsys, load_benchmark):
     assert r["n_over_decode"] > 0 and r["source_kb_per_image"] > 0
     # Without --keep only the source stays in a given workdir; the outputs are removed.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source-20x128px"]
+
+
+def test_tpu_program_smoke():
+    """Under JAX (its own process: this one runs Keras on TensorFlow), a tiny model: both
+    augmentation formulations and both transfer dtypes are measured and printed."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "tpu_program.py"
+    argv = ["--model", "densenet_tiny", "--image-size", "32", "--stored", "40", "--steps", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(script), *argv, "--devices", "2"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "with matrix products + shears (now):" in out and "with gathers (before):" in out
+    assert "augmentation share" in out and "float32 / uint8:" in out

@@ -103,6 +103,7 @@ def test_training_fits_it_and_export_and_prediction_apply_it(trained_run, pneumo
         image_size=c.image_size,
         training=False,
         channels=c.channels,
+        image_dtype=c.input_dtype,
     )
     batches = [(np.asarray(model(x, training=False)), y, w) for x, y, w in ds.as_numpy_iterator()]
     p, y, w = (np.concatenate(parts) for parts in zip(*batches, strict=True))

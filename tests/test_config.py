@@ -57,6 +57,11 @@ def test_overrides_and_round_trip(tmp_path):
         (["augment_in_model=3"], "config augment_in_model=3 (int) should be bool"),
         (["steps_per_epoch=0"], "config steps_per_epoch=0 must be at least 1"),
         (["stages=5"], "config stages=5 (int) should be list"),
+        (["lr_schedule=step"], "config lr_schedule='step' is not one of ('plateau', 'cosine')"),
+        (["warmup_epochs=-1"], "config warmup_epochs=-1 is negative"),
+        (["warmup_epochs=one"], "config warmup_epochs='one' (str) should be float"),
+        (["ema=1"], "config ema=1 is not a momentum in (0, 1); use e.g. 0.999, or null"),
+        (["ema=true"], "config ema=True (bool) should be float or null"),
     ],
 )
 def test_bad_values_are_named(overrides, message):

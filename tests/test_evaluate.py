@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn import metrics as skm
 
-from cxr_tf import metrics, models
+from cxr_tf import inference, metrics, models
 from cxr_tf.evaluate import evaluate, main
 from cxr_tf.export import calibration_for
 from cxr_tf.input_pipeline import read_info
@@ -35,7 +35,7 @@ def test_every_test_example_is_predicted_once(evaluated, trained_run, pneumonia_
     info = read_info(pneumonia_data)
     builder = tfds.builder_from_directory(str(info.dataset_dir))
     expected = sorted(e["image_id"].decode() for e in tfds.as_numpy(builder.as_dataset("test")))
-    preds = metrics.predict_split(
+    preds = inference.predict_split(
         models.load_model(trained_run / "best.keras"), pneumonia_data, "test"
     )
     assert sorted(preds.image_ids) == expected
@@ -45,7 +45,7 @@ def test_every_test_example_is_predicted_once(evaluated, trained_run, pneumonia_
 def test_metrics_json_agrees_with_sklearn(evaluated, trained_run, pneumonia_data):
     result, out = evaluated
     saved = json.loads((out / "metrics.json").read_text())
-    preds = metrics.predict_split(
+    preds = inference.predict_split(
         models.load_model(trained_run / "best.keras"), pneumonia_data, "test"
     )
     calibrate = calibration_for(1, trained_run / "thresholds.json").apply
@@ -115,7 +115,7 @@ def test_operating_points_at_the_chosen_threshold_and_at_half(
     )
     assert other["operating_point"]["rule"] == "sensitivity=0.99"
     model = models.load_model(trained_run / "best.keras")
-    val = metrics.predict_split(model, pneumonia_data, "validation")
+    val = inference.predict_split(model, pneumonia_data, "validation")
     calibrate = calibration_for(1, trained_run / "thresholds.json").apply
     expected = metrics.choose_thresholds(calibrate(val.probs), val.labels, "sensitivity=0.99")
     assert other["operating_point"]["thresholds"] == pytest.approx(expected)

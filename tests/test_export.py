@@ -37,12 +37,17 @@ def test_serving_equals_keras_on_the_pipeline_tensor(served, trained_run, pneumo
     c = models.input_contract(model)
     calibrate = calibration_for(1, trained_run / "thresholds.json").apply
     for encoded in _stored_examples(pneumonia_data):
-        pipeline_tensor = input_pipeline.eval_transform(
-            tf.io.decode_image(encoded, channels=1), c.image_size, c.crop_fraction
+        pipeline_tensor = input_pipeline.as_model_input(
+            input_pipeline.eval_transform(
+                tf.io.decode_image(encoded, channels=1), c.image_size, c.crop_fraction
+            ),
+            c.input_dtype,
         )
         expected = calibrate(model(pipeline_tensor[None], training=False).numpy())
         got = fn(images=tf.constant([encoded]))["probabilities"].numpy()
-        np.testing.assert_allclose(got, expected, atol=1e-5)
+        # uint8 input: in rare pixels (4 in 300 images seen) eager and graph code round to
+        # neighbouring grey levels (see input_pipeline.as_model_input)
+        np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
 def test_labels_and_thresholds_travel_with_the_model(served, trained_run, pneumonia_data):
@@ -103,3 +108,41 @@ def test_training_exported_the_same_kind_of_model(trained_run):
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "x.keras"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_mixed_precision_model_serves_in_float32_without_optimizer_state(tmp_path):
+    """Trained in bfloat16 (as on a TPU), exported: no bfloat16 or float16 node in the graph,
+    the float32 model's predictions (within bfloat16's tolerance of the bfloat16 model's), and
+    the `.keras` asset without the optimizer's state that the checkpoint carries."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = models.build_model(
+            "densenet_tiny", num_classes=1, image_size=32, input_dtype="uint8"
+        )
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1)).astype(np.uint8)
+        model.fit(x, np.ones((8, 1), np.float32), verbose=0)
+        model.save(tmp_path / "best.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    out = export_model(tmp_path / "best.keras", tmp_path / "sm")
+    from tests.test_runtime import _half_precision_nodes, _keras_archive_files
+
+    assert _half_precision_nodes(out) == []
+    assert "optimizer" in _keras_archive_files(tmp_path / "best.keras")
+    assert "optimizer" not in _keras_archive_files(out / "assets" / "model.keras")
+    images = [_png(image[..., 0]) for image in x[:4]]
+    served = tf.saved_model.load(str(out)).signatures["serving_default"]
+    got = served(images=tf.constant(images))["probabilities"].numpy()
+    as_bf16 = np.asarray(model(x[:4], training=False))
+    as_f32 = np.asarray(models.as_float32(model)(x[:4], training=False))
+    np.testing.assert_allclose(got, as_f32, atol=1e-5)
+    np.testing.assert_allclose(got, as_bf16, atol=2e-2)
+
+
+def _png(gray: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(gray).save(buffer, format="PNG")
+    return buffer.getvalue()

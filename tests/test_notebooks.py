@@ -104,6 +104,7 @@ def _assert_maps_differ_between_findings(demo):
         image_size=c.image_size,
         training=False,
         channels=c.channels,
+        image_dtype=c.input_dtype,
     )
     diffs = []
     for x, _, w in ds.as_numpy_iterator():

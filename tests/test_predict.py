@@ -81,6 +81,7 @@ def test_gradcam_heat_sits_on_the_synthetic_opacity(trained_run, pneumonia_data)
         training=False,
         channels=1,
         with_ids=True,
+        image_dtype=c.input_dtype,
     )
     shares = {}
     for images, labels, weights, ids, _ in ds.as_numpy_iterator():
@@ -89,7 +90,7 @@ def test_gradcam_heat_sits_on_the_synthetic_opacity(trained_run, pneumonia_data)
             if not (w and y[0] and b"bacteria" in image_id and p > 0.8):
                 continue
             # bacteria: one dense opacity in the lower half of one lung; find which side
-            gray = img[..., 0]
+            gray = img[..., 0] / 255.0  # the model's uint8 input
             s = gray.shape[0]
             lower = gray[s // 2 :, :]
             left, right = lower[:, : s // 2].mean(), lower[:, s // 2 :].mean()

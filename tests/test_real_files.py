@@ -163,8 +163,10 @@ def test_serving_takes_the_raw_bytes_of_real_files(trained_run):
     got = fn(images=tf.constant(raw))["probabilities"].numpy()
     for data, p in zip(raw, got, strict=True):
         tensor = input_pipeline.eval_transform(input_pipeline.decode(data), c.image_size)
+        tensor = input_pipeline.as_model_input(tensor, c.input_dtype)
         expected = calibrate(model(tensor[None], training=False).numpy())[0]
-        np.testing.assert_allclose(p, expected, atol=1e-5)
+        # uint8 input: in rare pixels eager and graph code round to neighbouring grey levels
+        np.testing.assert_allclose(p, expected, atol=1e-3)
     assert got.shape == (21, 1) and np.all((got >= 0) & (got <= 1))
 
 

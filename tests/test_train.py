@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from cxr_tf import input_pipeline, metrics, models, trainer
+from cxr_tf import config as config_lib
+from cxr_tf import inference, input_pipeline, metrics, models, trainer
 from cxr_tf.losses import make_loss
 from cxr_tf.train import main, run
 
@@ -21,7 +22,7 @@ DEMO = ROOT / "training" / "demo.yaml"
 
 def _test_auroc(workdir, data):
     model = models.load_model(Path(workdir) / "best.keras")
-    preds = metrics.predict_split(model, data, "test")
+    preds = inference.predict_split(model, data, "test")
     probs, labels = preds.probs, preds.labels
     return metrics.summarize(probs, labels, [0.5] * probs.shape[1], ["p"] * probs.shape[1])[
         "macro"
@@ -135,7 +136,7 @@ from cxr_tf.train import run
 
 config, data, root, *overrides = sys.argv[2:]
 kw = dict(data=data, strategy="cpu", overrides=overrides, verbose=0)
-seen = {"straight": [], "resumed": []}
+seen = {"straight": [], "resumed": [], "rates": {"straight": [], "resumed": []}}
 
 class Record(keras.callbacks.Callback):
     def __init__(self, name, stop_after=None):
@@ -144,6 +145,14 @@ class Record(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.begin = int(self.model.optimizer.iterations)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # the rate each execution runs at (JAX: mid-epoch, the values are in fit's state)
+        if keras.backend.backend() == "jax":
+            self.model.jax_state_sync()
+        opt = self.model.optimizer
+        rate = float(keras.ops.convert_to_numpy(opt.learning_rate))
+        seen["rates"][self.name].append([int(opt.iterations), rate])
 
     def on_epoch_end(self, epoch, logs=None):
         # the optimizer's step counter: what an epoch really ran
@@ -194,6 +203,51 @@ def test_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(
     # a finished run is not trained again
     summary = run(DEMO, data=pneumonia_data, workdir=tmp_path / "resumed", overrides=SHORT)
     assert summary["workdir"] == str(tmp_path / "resumed")
+
+
+# the same with the rate raised (0.003 at 4 is 0.006 at 16), warmed up over 15 steps, which the
+# interruption after epoch 1 (10 steps) cuts, and the weights averaged
+WARM_EMA = [*SHORT, "lr_reference_batch=4", "warmup_epochs=1.5", "ema=0.9"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, schedule", [("tensorflow", "cosine"), ("jax", "plateau")])
+def test_interrupted_run_with_warmup_and_ema_resumes_as_an_uninterrupted_one(
+    backend, schedule, pneumonia_data, tmp_path
+):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    cmd = [sys.executable, "-c", RESUME_SCRIPT, backend, str(DEMO), str(pneumonia_data)]
+    overrides = [*WARM_EMA, f"lr_schedule={schedule}"]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path), *overrides], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert "resuming at epoch 2 of 3" in proc.stdout
+    assert "warm-up 15 steps from 0.003" in proc.stdout
+    assert seen["resumed"] == seen["straight"] == [[0, 10], [1, 10], [2, 10]]
+    # one rate per execution of 5 steps: the ramp 0.003 -> 0.006 over 15 steps, then the
+    # schedule; the resumed run's the same, across its interruption at step 10
+    straight, resumed = (np.array(seen["rates"][k]) for k in ("straight", "resumed"))
+    np.testing.assert_array_equal(straight[:, 0], np.arange(0, 30, 5))
+    np.testing.assert_allclose(straight[:4, 1], [0.003, 0.004, 0.005, 0.006], rtol=1e-5)
+    if schedule == "plateau":
+        np.testing.assert_allclose(straight[3:, 1], 0.006, rtol=1e-6)
+    else:  # cosine over the other 15 steps
+        np.testing.assert_allclose(
+            straight[3:, 1], 0.003 * (1 + np.cos(np.pi * np.arange(0, 15, 5) / 15)), rtol=1e-5
+        )
+    np.testing.assert_allclose(resumed, straight, rtol=1e-6)
+    rows = {}
+    for name in ("straight", "resumed"):
+        lines = (tmp_path / name / "history.csv").read_text().splitlines()
+        rows[name] = np.array([r.split(",") for r in lines[1:]], float)
+        assert "learning_rate" in lines[0]
+    np.testing.assert_allclose(rows["resumed"], rows["straight"], rtol=1e-4)
+    a = models.load_model(tmp_path / "straight" / "best.keras")
+    b = models.load_model(tmp_path / "resumed" / "best.keras")
+    for wa, wb in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -256,6 +310,8 @@ def test_bad_input_is_named(pneumonia_data, tmp_path, capsys):
     assert "lr_reference_batch=0" in err(
         "--data", str(pneumonia_data), "--set", "lr_reference_batch=0"
     )
+    too_long = ["--set", "lr_reference_batch=4", "--set", "warmup_epochs=6"]  # all of the stage
+    assert "warmup_epochs=6: stage 1's warm-up" in err("--data", str(pneumonia_data), *too_long)
     missing = tmp_path / "missing.yaml"
     assert "does not exist" in err("--config", str(missing), "--data", str(pneumonia_data))
 
@@ -325,3 +381,164 @@ def test_training_above_the_stored_size_is_an_error_below_it_works(pneumonia_dat
         )
         images, _ = next(iter(ds))
         assert images.shape == (8, side, side, 1)  # in the model, its layer resamples to `size`
+
+
+def test_warmup_is_planned_iff_the_rate_is_raised():
+    cfg = config_lib.load(DEMO)  # Adam 0.003 at global batch 16, 6 epochs
+    (same,) = trainer.plan_schedules(cfg, 16, 12)
+    assert (same.rate, same.warmup_steps, same.optimizer_rate()) == (0.003, 0, 0.003)
+    assert same.describe() == "reduce on plateau"
+    (lower,) = trainer.plan_schedules(cfg, 8, 12)  # a smaller batch: a lower rate, no warm-up
+    assert lower.rate < 0.003 and lower.warmup_steps == 0
+    (raised,) = trainer.plan_schedules(cfg, 64, 12, 4)  # 4x the batch: 2x the rate (sqrt)
+    assert raised.rate == pytest.approx(0.006) and raised.warmup_steps == 12  # 1 epoch
+    assert raised.optimizer_rate() == 0.003  # the warm-up's start; _LinearWarmup ramps it
+    assert raised.warmup_rate(6) == pytest.approx(0.0045)
+    assert (
+        raised.describe()
+        == "warm-up 12 steps from 0.003 (set every 4 steps), then reduce on plateau"
+    )
+    cosine = config_lib.load(DEMO, ["lr_schedule=cosine", "warmup_epochs=0.5"])
+    (c,) = trainer.plan_schedules(cosine, 64, 12, 4)
+    assert c.describe() == "warm-up 6 steps from 0.003, then cosine to 0 over 66 steps"
+    assert c.to_dict()["warmup_from"] == 0.003 and c.to_dict()["steps"] == 72
+    # every raised stage warms up (each starts a fresh optimizer)
+    tpu = config_lib.load(ROOT / "training" / "pneumonia_densenet161_tpu.yaml")
+    s1, s2 = trainer.plan_schedules(tpu, 256, 20, 20)
+    assert (s1.warmup_steps, s2.warmup_steps) == (20, 20)
+    assert s1.rate == pytest.approx(0.001 * 8**0.5) and s2.config_rate == 0.0001
+    with pytest.raises(ValueError, match=r"warmup_epochs=6: stage 1's warm-up \(72 steps\)"):
+        trainer.plan_schedules(config_lib.load(DEMO, ["warmup_epochs=6"]), 64, 12)
+    # not raised: any warm-up length is fine, there is none
+    assert trainer.plan_schedules(config_lib.load(DEMO, ["warmup_epochs=6"]), 16, 12)
+
+
+class _RateLog(keras.callbacks.Callback):
+    """The optimizer's rate at each execution's first step, and at the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates, self.steps = [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.steps.append(int(self.model.optimizer.iterations))
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    def on_train_end(self, logs=None):
+        self.end = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+@pytest.mark.parametrize(
+    "kind, global_batch, per_execution",
+    [
+        ("plateau", 16, 1),
+        ("plateau", 64, 1),
+        ("plateau", 64, 2),
+        ("cosine", 16, 1),
+        ("cosine", 64, 1),
+    ],
+)
+def test_the_optimizer_rate_follows_the_schedule(kind, global_batch, per_execution):
+    cfg = config_lib.load(
+        DEMO, [f"lr_schedule={kind}", "stages=[{epochs: 2, learning_rate: 0.003}]", "monitor=loss"]
+    )
+    (schedule,) = trainer.plan_schedules(cfg, global_batch, 6, per_execution)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(
+        optimizer=trainer.make_optimizer(cfg, schedule),
+        loss="mse",
+        steps_per_execution=per_execution,
+    )
+    callbacks, reduce_lr = trainer.lr_callbacks(cfg, schedule, "min")
+    log = _RateLog()
+    x = np.random.default_rng(0).normal(size=(24, 3)).astype("float32")
+    history = model.fit(
+        x, x[:, :1], batch_size=4, epochs=2, callbacks=[*callbacks, log], verbose=0, shuffle=False
+    )
+    assert log.steps == list(range(0, 12, per_execution))
+    assert history.history["learning_rate"]  # logged as ReduceLROnPlateau does, either way
+    assert (reduce_lr is None) == (kind == "cosine")
+    rate = schedule.rate
+    if global_batch == 16:  # not raised: no warm-up
+        assert schedule.warmup_steps == 0
+        if kind == "plateau":
+            assert log.rates == [pytest.approx(0.003)] * 12
+    else:  # raised: a linear ramp 0.003 -> 0.006 over the first epoch's 6 steps
+        expected = [0.003 + 0.003 * s / 6 for s in log.steps if s < 6]
+        np.testing.assert_allclose(log.rates[: len(expected)], expected, rtol=1e-5)
+        if kind == "plateau":  # then the scaled rate, for ReduceLROnPlateau
+            np.testing.assert_allclose(log.rates[len(expected) :], rate, rtol=1e-6)
+    if kind == "cosine":
+        warmup = schedule.warmup_steps
+        assert log.rates[warmup] == pytest.approx(rate)  # the top, then down to 0
+        assert np.all(np.diff(log.rates[warmup:]) < 0)
+        # the last step (11) is at (11 - warm-up) of the cosine's steps; after it, 0
+        at = (11 - warmup) / (schedule.steps - warmup)
+        assert log.rates[-1] == pytest.approx(rate * (1 + np.cos(np.pi * at)) / 2, rel=1e-4)
+        assert log.end < 1e-9
+
+
+@pytest.mark.parametrize("raised", [False, True], ids=["same_rate", "raised_rate"])
+def test_a_run_warms_up_iff_its_rate_is_raised_and_keeps_the_averaged_weights(
+    raised, pneumonia_data, tmp_path
+):
+    seen = {"rates": [], "epochs": []}
+
+    class Record(keras.callbacks.Callback):  # after the trainer's callbacks
+        def on_train_batch_begin(self, batch, logs=None):
+            rate = self.model.optimizer.learning_rate
+            seen["rates"].append(float(keras.ops.convert_to_numpy(rate)))
+
+        def on_epoch_end(self, epoch, logs=None):
+            averages = self.model.optimizer._model_variables_moving_average
+            seen["epochs"].append(
+                {
+                    "val_auc": logs["val_auc"],
+                    "model": [np.array(w) for w in self.model.trainable_weights],
+                    "slots": [np.array(w) for w in averages],
+                }
+            )
+
+        def on_train_end(self, logs=None):
+            seen["end"] = [np.array(w) for w in self.model.trainable_weights]
+
+    # 2 epochs of 6 steps; raised: 0.003 for a global batch of 4 is 0.006 at 16
+    overrides = ["stages=[{epochs: 2, learning_rate: 0.003}]", "steps_per_epoch=6", "ema=0.9"]
+    overrides += ["lr_reference_batch=4", "lr_schedule=cosine"] if raised else []
+    workdir = tmp_path / "run"
+    run(
+        DEMO,
+        data=pneumonia_data,
+        workdir=workdir,
+        strategy="cpu",
+        overrides=overrides,
+        extra_callbacks=[Record()],
+        verbose=0,
+    )
+    rates = np.array(seen["rates"])
+    (schedule,) = json.loads((workdir / "runtime.json").read_text())["lr_schedule"]
+    assert json.loads((workdir / "runtime.json").read_text())["ema"] == 0.9
+    if raised:
+        assert schedule["warmup_steps"] == 6 and schedule["schedule"] == "cosine"
+        assert (
+            schedule["description"] == "warm-up 6 steps from 0.003, then cosine to 0 over 6 steps"
+        )
+        np.testing.assert_allclose(rates[:7], 0.003 + 0.0005 * np.arange(7), rtol=1e-5)
+        assert np.all(np.diff(rates[6:]) < 0) and rates[-1] < 0.1 * rates[6]
+    else:
+        assert schedule["warmup_steps"] == 0 and schedule["description"] == "reduce on plateau"
+        np.testing.assert_allclose(rates, 0.003, rtol=1e-6)
+    assert len(rates) == 12
+    assert "learning_rate" in (workdir / "history.csv").read_text().splitlines()[0]
+    # at an epoch's end the model holds the averages, the optimizer's slots the raw weights (at
+    # the last epoch's, Keras sets the slots to the averages too, for fit's final copy)
+    first = seen["epochs"][0]
+    assert (
+        max(np.abs(a - b).max() for a, b in zip(first["model"], first["slots"], strict=True)) > 1e-4
+    )
+    # best.keras and the stage's end weights are the best epoch's averages
+    best = 0 if seen["epochs"][0]["val_auc"] >= seen["epochs"][1]["val_auc"] else 1
+    saved = models.load_model(workdir / "best.keras").trainable_weights
+    for w, avg, end in zip(saved, seen["epochs"][best]["model"], seen["end"], strict=True):
+        np.testing.assert_array_equal(np.asarray(w), avg)
+        np.testing.assert_array_equal(end, avg)
