@@ -28,7 +28,7 @@ class Config:
     `stages` is `{epochs, learning_rate, train_backbone}`; a stage with `train_backbone: false`
     trains the head only, with the backbone's BatchNorm layers in inference mode. The learning
     rates are those for a global batch of `lr_reference_batch`; the trainer scales them to the
-    global batch it actually gets (`trainer.scale_learning_rate`), so one config serves 1 CPU,
+    global batch it actually gets (`schedules.scale_learning_rate`), so one config serves 1 CPU,
     8 GPUs and a TPU slice alike. `image_size` must not exceed the stored images' size.
 
     Learning-rate schedule, per stage (each stage has a fresh optimizer). Where the scaling

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cxr_tf import config as config_lib
-from cxr_tf import inference, input_pipeline, metrics, models, trainer
+from cxr_tf import inference, input_pipeline, metrics, models, schedules, trainer
 from cxr_tf.losses import make_loss
 from cxr_tf.train import main, run
 
@@ -353,9 +353,9 @@ def test_validation_loss_and_metrics_ignore_padding_rows(pneumonia_data):
 
 def test_learning_rate_rule_and_epoch_plan():
     # Adam: square root of the batch ratio (CheXNet's 1e-3 at 16 -> 4e-3 at 256); SGD: linear
-    assert trainer.scale_learning_rate(1e-3, 256, 16, "adam") == pytest.approx(4e-3)
-    assert trainer.scale_learning_rate(1e-3, 16, 16, "adam") == pytest.approx(1e-3)
-    assert trainer.scale_learning_rate(0.1, 512, 256, "sgd") == pytest.approx(0.2)
+    assert schedules.scale_learning_rate(1e-3, 256, 16, "adam") == pytest.approx(4e-3)
+    assert schedules.scale_learning_rate(1e-3, 16, 16, "adam") == pytest.approx(1e-3)
+    assert schedules.scale_learning_rate(0.1, 512, 256, "sgd") == pytest.approx(0.2)
     # (steps per epoch, steps per execution): whole executions, never past the epoch
     assert trainer.plan_epoch(18, None, 32) == (18, 18)
     assert trainer.plan_epoch(337, None, 32) == (320, 32)
@@ -385,12 +385,12 @@ def test_training_above_the_stored_size_is_an_error_below_it_works(pneumonia_dat
 
 def test_warmup_is_planned_iff_the_rate_is_raised():
     cfg = config_lib.load(DEMO)  # Adam 0.003 at global batch 16, 6 epochs
-    (same,) = trainer.plan_schedules(cfg, 16, 12)
+    (same,) = schedules.plan_schedules(cfg, 16, 12)
     assert (same.rate, same.warmup_steps, same.optimizer_rate()) == (0.003, 0, 0.003)
     assert same.describe() == "reduce on plateau"
-    (lower,) = trainer.plan_schedules(cfg, 8, 12)  # a smaller batch: a lower rate, no warm-up
+    (lower,) = schedules.plan_schedules(cfg, 8, 12)  # a smaller batch: a lower rate, no warm-up
     assert lower.rate < 0.003 and lower.warmup_steps == 0
-    (raised,) = trainer.plan_schedules(cfg, 64, 12, 4)  # 4x the batch: 2x the rate (sqrt)
+    (raised,) = schedules.plan_schedules(cfg, 64, 12, 4)  # 4x the batch: 2x the rate (sqrt)
     assert raised.rate == pytest.approx(0.006) and raised.warmup_steps == 12  # 1 epoch
     assert raised.optimizer_rate() == 0.003  # the warm-up's start; _LinearWarmup ramps it
     assert raised.warmup_rate(6) == pytest.approx(0.0045)
@@ -399,18 +399,18 @@ def test_warmup_is_planned_iff_the_rate_is_raised():
         == "warm-up 12 steps from 0.003 (set every 4 steps), then reduce on plateau"
     )
     cosine = config_lib.load(DEMO, ["lr_schedule=cosine", "warmup_epochs=0.5"])
-    (c,) = trainer.plan_schedules(cosine, 64, 12, 4)
+    (c,) = schedules.plan_schedules(cosine, 64, 12, 4)
     assert c.describe() == "warm-up 6 steps from 0.003, then cosine to 0 over 66 steps"
     assert c.to_dict()["warmup_from"] == 0.003 and c.to_dict()["steps"] == 72
     # every raised stage warms up (each starts a fresh optimizer)
     tpu = config_lib.load(ROOT / "training" / "pneumonia_densenet161_tpu.yaml")
-    s1, s2 = trainer.plan_schedules(tpu, 256, 20, 20)
+    s1, s2 = schedules.plan_schedules(tpu, 256, 20, 20)
     assert (s1.warmup_steps, s2.warmup_steps) == (20, 20)
     assert s1.rate == pytest.approx(0.001 * 8**0.5) and s2.config_rate == 0.0001
     with pytest.raises(ValueError, match=r"warmup_epochs=6: stage 1's warm-up \(72 steps\)"):
-        trainer.plan_schedules(config_lib.load(DEMO, ["warmup_epochs=6"]), 64, 12)
+        schedules.plan_schedules(config_lib.load(DEMO, ["warmup_epochs=6"]), 64, 12)
     # not raised: any warm-up length is fine, there is none
-    assert trainer.plan_schedules(config_lib.load(DEMO, ["warmup_epochs=6"]), 16, 12)
+    assert schedules.plan_schedules(config_lib.load(DEMO, ["warmup_epochs=6"]), 16, 12)
 
 
 class _RateLog(keras.callbacks.Callback):
@@ -442,14 +442,14 @@ def test_the_optimizer_rate_follows_the_schedule(kind, global_batch, per_executi
     cfg = config_lib.load(
         DEMO, [f"lr_schedule={kind}", "stages=[{epochs: 2, learning_rate: 0.003}]", "monitor=loss"]
     )
-    (schedule,) = trainer.plan_schedules(cfg, global_batch, 6, per_execution)
+    (schedule,) = schedules.plan_schedules(cfg, global_batch, 6, per_execution)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(
-        optimizer=trainer.make_optimizer(cfg, schedule),
+        optimizer=schedules.make_optimizer(cfg, schedule),
         loss="mse",
         steps_per_execution=per_execution,
     )
-    callbacks, reduce_lr = trainer.lr_callbacks(cfg, schedule, "min")
+    callbacks, reduce_lr = schedules.lr_callbacks(cfg, schedule, "min")
     log = _RateLog()
     x = np.random.default_rng(0).normal(size=(24, 3)).astype("float32")
     history = model.fit(
