@@ -9,10 +9,13 @@ that can run it.
 - in the pipeline (`make_dataset`'s default): `input_pipeline.train_transform` does it all in
   `tf.data`, for any model.
 
-Either way an image gets one bilinear resampling (random crop to a square, scaled to S, rotated,
-zoomed, translated, optionally mirrored) and one multiply-add (brightness and contrast). The
-maths below takes an `ops` namespace (`tf` or `keras.ops`; both have the functions used), so the
-two places cannot drift apart. Nothing here imports TensorFlow or Keras.
+Either way an image gets one geometric resampling (random crop to a square, scaled to S,
+rotated, zoomed, translated, optionally mirrored) and one multiply-add (brightness and
+contrast), both drawn from the same uniforms (`_geometry`), so the two places cannot drift
+apart: tf.data samples with a gather per pixel (`affine_transforms`, cheap on a host CPU), the
+model without gathers (`warp`, matrix products and shears, what a TPU runs well). The maths takes
+an `ops` namespace: `tf` or `keras.ops` for the geometry and `photometric`, `keras.ops` for
+`warp`. Nothing here imports TensorFlow or Keras.
 """
 
 from __future__ import annotations
@@ -148,12 +151,12 @@ def _margin(image_size: int, aug: Augment) -> int:
     """Canvas margin (px) that holds every point the three shears read for the largest angle."""
     if not aug.rotation_deg:
         return 0
-    theta = aug.rotation_deg * math.pi / 180.0
+    theta = abs(aug.rotation_deg) * math.pi / 180.0
     t, s = math.tan(theta / 2), math.sin(theta)
     c = (image_size - 1) / 2.0
     ex = c * (1 + t)  # |x| the last shear reads
     ey = c + s * ex  # |y| the middle shear reads
-    return math.ceil(max(ex + t * ey, ey) - c) + 2
+    return math.ceil(max(ex + t * ey, ey) - c) + 3  # + the interpolation's neighbours
 
 
 def _tent(coords, n: int, ops):
@@ -226,8 +229,9 @@ def warp(images, sizes, u, image_size: int, aug: Augment, ops):
         sn = ops.sin(theta)[:, None]
         centred = canvas - c  # from the canvas's centre, which is the output's
         row_shift = t * centred  # rows move by -tan(theta/2) (y - centre)
-        max_row = math.ceil(math.tan(aug.rotation_deg * math.pi / 360.0) * (s / 2 + m)) + 1
-        max_col = math.ceil(math.sin(aug.rotation_deg * math.pi / 180.0) * (s / 2 + m)) + 1
+        angle = abs(aug.rotation_deg) * math.pi / 180.0
+        max_row = math.ceil(math.tan(angle / 2) * (s / 2 + m)) + 1
+        max_col = math.ceil(math.sin(angle) * (s / 2 + m)) + 1
         out = _shift_lines(out, row_shift, 2, max_row, ops)
         out = _shift_lines(out, sn * centred, 1, max_col, ops)
         out = _shift_lines(out, row_shift, 2, max_row, ops)

@@ -34,13 +34,14 @@ class Config:
     Learning-rate schedule, per stage (each stage has a fresh optimizer). Where the scaling
     raises a stage's rate above the config's, the rate ramps linearly from the config's rate to
     the scaled one over the stage's first `warmup_epochs` epochs (a float: 0.5 is half an epoch;
-    0 turns it off): under `plateau` set once per execution (`steps_per_execution` steps), under
-    `cosine` at every step. Where it does not (global batch <= `lr_reference_batch`), there is
-    no warm-up: the scaled rate from the first step. Then `lr_schedule`: `plateau` (default)
-    multiplies the rate by `reduce_lr_factor` after `reduce_lr_patience` epochs without
-    improvement of `monitor` (epochs ending inside the warm-up do not count), down to
-    `min_learning_rate`; `cosine` decays it to 0 at the stage's last step
-    (`keras.optimizers.schedules.CosineDecay`; early stopping may end the stage sooner).
+    0 turns it off; at most half the stage): under `plateau` set once per execution
+    (`steps_per_execution` steps), under `cosine` at every step. Where it does not (global batch
+    <= `lr_reference_batch`), there is no warm-up: the scaled rate from the first step. Then
+    `lr_schedule`: `plateau` (default) multiplies the rate by `reduce_lr_factor` after
+    `reduce_lr_patience` epochs without improvement of `monitor` (epochs ending inside the
+    warm-up do not count), down to `min_learning_rate`; `cosine` decays it to 0 at the stage's
+    last step (`keras.optimizers.schedules.CosineDecay`; early stopping may end the stage
+    sooner).
 
     `ema` (e.g. 0.999; default null: off) keeps an exponential moving average of the trainable
     weights in the optimizer, with that momentum per step, restarted at each stage: validation,

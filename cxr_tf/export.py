@@ -95,7 +95,7 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
     import keras
     import tensorflow as tf
 
-    from cxr_tf.input_pipeline import as_model_input, decode, eval_transform
+    from cxr_tf.input_pipeline import decode, eval_input
     from cxr_tf.models import as_float32, input_contract
 
     model = as_float32(model)
@@ -107,10 +107,9 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
     offset = tf.constant(calibrator.offset, tf.float32)
     temperature = tf.constant(calibrator.temperature, tf.float32)
 
-    def preprocess(encoded):
-        image = eval_transform(decode(encoded), contract.image_size, contract.crop_fraction)
-        image = as_model_input(image, contract.input_dtype)  # as evaluation feeds it
-        return tf.repeat(image, contract.channels, axis=-1) if contract.channels == 3 else image
+    def preprocess(encoded):  # as evaluation feeds the model
+        c = contract
+        return eval_input(decode(encoded), c.image_size, c.crop_fraction, c.channels, c.input_dtype)
 
     def serve(images):
         batch = tf.map_fn(

@@ -29,7 +29,7 @@ def heatmaps(model: keras.Model, images: np.ndarray, class_index: int) -> np.nda
     """Grad-CAM maps for `class_index`, (N, h, w) in [0, 1] at the feature-map resolution.
 
     `images` as the model takes them (its input contract); the features come from one compiled
-    forward pass (`inference.Predictor`, built once per model), the maps from numpy."""
+    forward pass (`inference.ForwardPass`, built once per model), the maps from numpy."""
     feats = _features(model)(images)
     weights = np.asarray(model.get_layer("logits").kernel)[:, class_index]
     cam = np.maximum(np.einsum("nhwk,k->nhw", feats, weights), 0.0)
@@ -43,10 +43,10 @@ _FEATURES = weakref.WeakKeyDictionary()
 def _features(model: keras.Model):
     """The compiled forward pass to the `relu` feature maps, made once per model."""
     if model not in _FEATURES:
-        from cxr_tf.inference import Predictor
+        from cxr_tf.inference import ForwardPass
 
         feature_model = keras.Model(model.input, model.get_layer(FEATURE_LAYER).output)
-        _FEATURES[model] = Predictor(feature_model, batch_size=8)
+        _FEATURES[model] = ForwardPass(feature_model, batch_size=1)
     return _FEATURES[model]
 
 

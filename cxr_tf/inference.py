@@ -28,13 +28,14 @@ class Predictions:
     patient_ids: list[str]
 
 
-class Predictor:
-    """`predictor(images)` -> the model's outputs as numpy (a list for several outputs), one
+class ForwardPass:
+    """`forward(images)` -> the model's outputs as numpy (a list for several outputs), one
     compiled forward pass in inference mode over batches of `batch_size` rows (rounded up to
     the devices), the last one padded."""
 
     def __init__(self, model: keras.Model, batch_size: int = 32):
         self.model = model
+        self.uint8 = any(str(x.dtype) == "uint8" for x in model.inputs)
         self.devices = 1
         if keras.backend.backend() == "jax":
             self._fn, self._place, self.devices = _jax_forward(model)
@@ -44,6 +45,11 @@ class Predictor:
 
     def __call__(self, images):
         images = np.asarray(images)
+        if self.uint8 and images.dtype != np.uint8:  # Keras would cast [0, 1] floats to 0 and 1
+            raise ValueError(
+                f"the model takes uint8 images (0..255), not {images.dtype}; convert with "
+                "input_pipeline.as_model_input(images, 'uint8')"
+            )
         n, b = len(images), self.batch_size
         chunks = []
         for start in range(0, n, b):
@@ -102,11 +108,11 @@ def predict_split(model, data_dir, split: str, dataset: str | None = None, *, ba
     from cxr_tf.models import input_contract
 
     contract = input_contract(model)
-    predictor = Predictor(model, batch_size)
+    forward = ForwardPass(model, batch_size)
     ds = input_pipeline.make_dataset(
         data_dir,
         split,
-        global_batch_size=predictor.batch_size,
+        global_batch_size=forward.batch_size,
         image_size=contract.image_size,
         training=False,
         channels=contract.channels,
@@ -121,7 +127,7 @@ def predict_split(model, data_dir, split: str, dataset: str | None = None, *, ba
         keep = w > 0
         if not keep.any():
             continue
-        probs.append(predictor(images)[keep])
+        probs.append(forward(images)[keep])
         labels.append(y[keep])
         image_ids += [x.decode() for x in iid[keep]]
         patient_ids += [x.decode() for x in pid[keep]]

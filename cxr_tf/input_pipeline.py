@@ -197,6 +197,13 @@ def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float = 1.0
     return tf.clip_by_value(tf.ensure_shape(image, [image_size, image_size, 1]), 0.0, 1.0)
 
 
+def eval_input(image, image_size: int, crop_fraction: float, channels: int, dtype: str):
+    """What evaluation, export and `predict` feed a model for one decoded uint8 (H, W, 1) image:
+    `eval_transform`, then the contract's dtype (`as_model_input`) and channels."""
+    image = as_model_input(eval_transform(image, image_size, crop_fraction), dtype)
+    return tf.tile(image, [1, 1, 3]) if channels == 3 else image
+
+
 def train_transform(images, sizes, seed, image_size: int, aug: Augment) -> tf.Tensor:
     """Random crop/scale to a square, rotation, translation, zoom, brightness, contrast.
 
@@ -380,9 +387,7 @@ def make_dataset(
     if not training:
 
         def eval_map(image, label, *ids):
-            image = as_model_input(eval_transform(image, image_size, crop_fraction), image_dtype)
-            if channels == 3:
-                image = tf.tile(image, [1, 1, 3])
+            image = eval_input(image, image_size, crop_fraction, channels, image_dtype)
             return (image, to_label(label), tf.constant(1.0), *ids)
 
         # Weight-0 padding up to a number of full batches that is the same on every pipeline.
@@ -462,9 +467,9 @@ def as_model_input(images: tf.Tensor, dtype: str) -> tf.Tensor:
     if dtype == "uint8":
         if images.dtype == tf.uint8:
             return images
-        # Rounded half up past a point 0.001 grey levels beyond the half: resizing integers
-        # lands exactly halfway between two grey levels often, and there float rounding (which
-        # differs between eager, tf.data and the SavedModel's graph) would decide the level.
+        # Rounded up from 0.001 grey levels below the half: resizing integers often lands
+        # exactly halfway between two grey levels, and there float rounding (which differs
+        # between eager code, tf.data and the SavedModel's graph) would decide the level.
         return tf.cast(tf.floor(tf.clip_by_value(images, 0.0, 1.0) * 255.0 + 0.501), tf.uint8)
     if images.dtype == tf.uint8:
         return tf.cast(images, tf.float32) * (1.0 / 255.0)

@@ -7,7 +7,7 @@ compiles Keras' own train step first, as `fit` will run it (the jitted function 
 gives it), prints XLA's `memory_analysis()` of it next to the chip's memory, and stops with a
 one-line error when the step cannot fit. `fit` then finds that executable in JAX's in-memory
 compilation cache (the same jitted function, the same abstract arguments: one trace-and-lower,
-no second XLA compile), so the check costs a lowering, not a compile.
+no second XLA compile): the check compiles the step that `fit` then runs.
 
 The chip's memory is, in this order: `jax.devices()[0].memory_stats()["bytes_limit"]` (what the
 TPU or GPU runtime lets a program use); else `CHIP_MEMORY_GIB` by JAX's `device_kind`; else

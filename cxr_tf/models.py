@@ -6,8 +6,9 @@ One builder over a table of variants. For 121/169/201 every layer has the name t
 does not ship. Only `keras.layers` / `keras.ops` are used, so the same model trains under the
 TensorFlow and the JAX backend.
 
-The model owns its input contract: the first layer, `preprocess`, records the image size,
-channels, normalisation and evaluation crop, and normalises `[0, 1]` images itself. The input
+The model owns its input contract: its `preprocess` layer records the image size, channels,
+input dtype (uint8 0..255 for the models the trainer builds, float [0, 1] otherwise),
+normalisation and evaluation crop, and scales and normalises the images itself. The input
 pipeline, evaluation and export read the contract from the model (`input_contract(model)`).
 
 A 1-channel model with ImageNet weights computes exactly what the RGB model computes on the
@@ -77,6 +78,11 @@ class InputContract:
     input_dtype: str = "float32"
 
 
+def _unit_scale(x) -> float:
+    """What takes `x` to [0, 1]: 1/255 for integer (uint8) images, 1 for floats."""
+    return 1.0 / 255.0 if "int" in str(x.dtype) else 1.0
+
+
 @keras.saving.register_keras_serializable(package="cxr_tf")
 class Preprocess(layers.Layer):
     """Normalises images with the contract's mean/std (uint8 ones scaled to [0, 1] first);
@@ -110,8 +116,9 @@ class Preprocess(layers.Layer):
         self.ones_channel = bool(ones_channel)
 
     def call(self, x):
-        if "int" in str(x.dtype):  # no augmentation layer before: the model's uint8 input
-            x = ops.cast(x, self.compute_dtype) * (1.0 / 255.0)
+        scale = _unit_scale(x)  # 1/255 for the model's uint8 input (no augmentation before)
+        if scale != 1.0:
+            x = ops.cast(x, self.compute_dtype) * scale
         mean = ops.convert_to_tensor(self.contract.mean, dtype=x.dtype)
         std = ops.convert_to_tensor(self.contract.std, dtype=x.dtype)
         x = (x - mean) / std
@@ -153,7 +160,7 @@ class RandomAugment(layers.Layer):
     def call(self, x, training=None):
         # uint8 images (what the trainer feeds: bytes cross to the accelerator) are resampled
         # as the integers they are, exact in bfloat16 matrix passes, then scaled to [0, 1].
-        scale = 1.0 / 255.0 if "int" in str(x.dtype) else 1.0
+        scale = _unit_scale(x)
         x = ops.cast(x, "float32")
         if not training:
             return x * scale if scale != 1.0 else x

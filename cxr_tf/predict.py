@@ -141,24 +141,21 @@ class Predictor:
         return self._keras
 
     def forward(self):
-        """The Keras model's compiled forward pass (`inference.Predictor`), one image a call."""
+        """The Keras model's compiled forward pass (`inference.ForwardPass`), one image a call."""
         if self._forward is None:
-            from cxr_tf.inference import Predictor
+            from cxr_tf.inference import ForwardPass
 
-            self._forward = Predictor(self.keras_model(), batch_size=1)
+            self._forward = ForwardPass(self.keras_model(), batch_size=1)
         return self._forward
 
     def preprocess(self, data: bytes) -> np.ndarray:
         """The evaluation transform of the model's contract, as a (1, S, S, C) batch."""
-        from cxr_tf.input_pipeline import as_model_input, decode, eval_transform
+        from cxr_tf.input_pipeline import decode, eval_input
         from cxr_tf.models import input_contract
 
         c = input_contract(self.keras_model())
-        image = eval_transform(decode(data), c.image_size, c.crop_fraction)
-        image = as_model_input(image, c.input_dtype).numpy()
-        if c.channels == 3:
-            image = np.repeat(image, 3, axis=-1)
-        return image[None]
+        image = eval_input(decode(data), c.image_size, c.crop_fraction, c.channels, c.input_dtype)
+        return image.numpy()[None]
 
     def probabilities(self, data: bytes) -> np.ndarray:
         """(C,) probabilities for one encoded image; raises ValueError for non-image bytes."""

@@ -375,7 +375,7 @@ def default_steps_per_execution(runtime: Runtime) -> int:
 
 def keras_jax_loops_on_device() -> bool:
     """The installed Keras' JAX trainer runs `steps_per_execution` steps in one compiled
-    program (a `lax.scan`, `fori_loop` or `while_loop` in its trainer module), rather than a
+    program (a `lax.scan`, `fori_loop` or `while_loop` in `JAXTrainer._make_function`), not a
     Python loop of one jitted call per step. Read from its source, by feature, not version."""
     import inspect
     import re
@@ -383,8 +383,8 @@ def keras_jax_loops_on_device() -> bool:
     try:
         from keras.src.backend.jax import trainer
 
-        source = inspect.getsource(trainer)
-    except (ImportError, OSError, TypeError):
+        source = inspect.getsource(trainer.JAXTrainer._make_function)
+    except (ImportError, AttributeError, OSError, TypeError):
         return False
     return re.search(r"\b(scan|fori_loop|while_loop)\(", source) is not None
 

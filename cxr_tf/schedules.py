@@ -92,19 +92,15 @@ def plan_schedules(cfg, global_batch: int, steps_per_epoch: int, steps_per_execu
     the config's; every such stage does, not only the first, since each starts a fresh optimizer
     (Adam's moments at zero) and often on newly unfrozen layers."""
     plans = []
-    for k, stage in enumerate(cfg.stages):
+    for stage in cfg.stages:
         config_rate = float(stage["learning_rate"])
         rate = scale_learning_rate(config_rate, global_batch, cfg.lr_reference_batch, cfg.optimizer)
         steps = int(stage["epochs"]) * steps_per_epoch
         warmup = 0
         if rate > config_rate and cfg.warmup_epochs > 0:
-            warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
-            if warmup >= steps:
-                raise ValueError(
-                    f"config warmup_epochs={cfg.warmup_epochs}: stage {k + 1}'s warm-up "
-                    f"({warmup} steps) is not shorter than the stage ({steps} steps); lower "
-                    "warmup_epochs or give the stage more epochs"
-                )
+            # at most half the stage, so that a short stage (one epoch on many chips) still
+            # trains at its rate for a while; the printed schedule says how many steps it got
+            warmup = max(1, min(round(cfg.warmup_epochs * steps_per_epoch), steps // 2))
         plans.append(
             StageSchedule(config_rate, rate, steps, warmup, cfg.lr_schedule, steps_per_execution)
         )

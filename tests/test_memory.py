@@ -3,14 +3,13 @@ simulated TPU VM: it prints XLA's figures, `fit` reuses its compile, and a batch
 stops the run with one line naming batch_size and image_size."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cxr_tf import memory
-from tests.test_runtime import ROOT, TINY
-from tests.tpu_vm import tpu_vm_env
+from tests.test_runtime import ROOT
+from tests.tpu_vm import tpu_vm_env, train_command
 
 
 class _Device:
@@ -46,23 +45,14 @@ def _train(tmp_path, data, *overrides, pythonpath=None, timeout=600):
     env = tpu_vm_env(JAX_LOG_COMPILES="1")
     if pythonpath:
         env["PYTHONPATH"] = f"{pythonpath}:{env['PYTHONPATH']}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cxr_tf.train",
-        "--strategy",
-        "tpu",
-        "--config",
-        str(ROOT / "training" / "pneumonia_densenet161_tpu.yaml"),
-        "--data",
-        str(data),
-        "--workdir",
-        str(tmp_path / "run"),
-        *TINY,
+    cmd = train_command(
+        "pneumonia_densenet161_tpu.yaml",
+        data,
+        tmp_path / "run",
         "--set",
         "stages=[{epochs: 1, learning_rate: 0.001, train_backbone: false}]",
         *overrides,
-    ]
+    )
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.tpu_vm import tpu_vm_env
+from tests.tpu_vm import tpu_vm_env, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--set", "model=densenet_tiny", "--set", "weights=none", "--set", "image_size=64"]
 
 
 def _python(code: str, env: dict, timeout=120) -> subprocess.CompletedProcess:
@@ -126,21 +125,7 @@ def _train_on_tpu_vm(config, data, workdir, *overrides, timeout=900):
     """Train on the simulated TPU VM with JAX's compile log on and the HLO of every compiled
     module dumped (what a TPU would run); returns stdout+stderr and runtime.json."""
     hlo = Path(workdir).parent / "hlo"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cxr_tf.train",
-        "--strategy",
-        "tpu",
-        "--config",
-        str(ROOT / "training" / config),
-        "--data",
-        str(data),
-        "--workdir",
-        str(workdir),
-        *TINY,
-        *overrides,
-    ]
+    cmd = train_command(config, data, workdir, *overrides)
     env = tpu_vm_env(JAX_LOG_COMPILES="1")
     env["XLA_FLAGS"] += f" --xla_dump_to={hlo} --xla_dump_hlo_module_re=.*train_step.*"
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -310,8 +310,6 @@ def test_bad_input_is_named(pneumonia_data, tmp_path, capsys):
     assert "lr_reference_batch=0" in err(
         "--data", str(pneumonia_data), "--set", "lr_reference_batch=0"
     )
-    too_long = ["--set", "lr_reference_batch=4", "--set", "warmup_epochs=6"]  # all of the stage
-    assert "warmup_epochs=6: stage 1's warm-up" in err("--data", str(pneumonia_data), *too_long)
     missing = tmp_path / "missing.yaml"
     assert "does not exist" in err("--config", str(missing), "--data", str(pneumonia_data))
 
@@ -407,8 +405,9 @@ def test_warmup_is_planned_iff_the_rate_is_raised():
     s1, s2 = schedules.plan_schedules(tpu, 256, 20, 20)
     assert (s1.warmup_steps, s2.warmup_steps) == (20, 20)
     assert s1.rate == pytest.approx(0.001 * 8**0.5) and s2.config_rate == 0.0001
-    with pytest.raises(ValueError, match=r"warmup_epochs=6: stage 1's warm-up \(72 steps\)"):
-        schedules.plan_schedules(config_lib.load(DEMO, ["warmup_epochs=6"]), 64, 12)
+    # a warm-up longer than the stage takes half of it (one-epoch stages on many chips)
+    (long,) = schedules.plan_schedules(config_lib.load(DEMO, ["warmup_epochs=6"]), 64, 12)
+    assert long.warmup_steps == long.steps // 2 > 0
     # not raised: any warm-up length is fine, there is none
     assert schedules.plan_schedules(config_lib.load(DEMO, ["warmup_epochs=6"]), 16, 12)
 

@@ -16,6 +16,7 @@ about a second (tests/test_tpu_images.py times it).
 
 import importlib.metadata
 import os
+import sys
 from pathlib import Path
 
 STAND_INS = Path(__file__).resolve().parent / "data" / "tpu_vm"
@@ -44,3 +45,27 @@ def tpu_vm_env(**extra) -> dict:
     )
     env.update(extra)
     return env
+
+
+# A tiny model at 64 px: a TPU config trains in seconds on the simulated chips.
+TINY = ["--set", "model=densenet_tiny", "--set", "weights=none", "--set", "image_size=64"]
+
+
+def train_command(config, data, workdir, *overrides) -> list[str]:
+    """`python -m cxr_tf.train --strategy tpu` on `training/<config>`, shrunk by TINY."""
+    root = Path(__file__).resolve().parents[1]
+    return [
+        sys.executable,
+        "-m",
+        "cxr_tf.train",
+        "--strategy",
+        "tpu",
+        "--config",
+        str(root / "training" / config),
+        "--data",
+        str(data),
+        "--workdir",
+        str(workdir),
+        *TINY,
+        *overrides,
+    ]
