@@ -255,16 +255,20 @@ def _multi_worker_strategy(tf):
     """MultiWorkerMirroredStrategy with a `reduce` that Keras 3's TensorFlow trainer can call:
     `_maybe_symbolic_build` passes it a whole (images, labels) nest, and `reduce_per_replica`
     asks for the mean over axis 0 of scalar logs (keras/src/backend/tensorflow/trainer.py);
-    the strategy takes one value at a time, with an axis only where there is one."""
+    the strategy takes one value at a time, with an axis only where there is one. The nest's
+    uint8 images, which collectives cannot reduce, give the build this worker's first replica's
+    batch: it only needs their shapes and dtypes."""
 
-    def rank(value):
+    def first(value):
         values = getattr(value, "values", None)
-        return getattr((values[0] if values else value).shape, "rank", None)
+        return values[0] if values else value
 
     class Strategy(tf.distribute.MultiWorkerMirroredStrategy):
         def reduce(self, reduce_op, value, axis=None):
             def one(v):
-                along = None if axis is not None and rank(v) == 0 else axis
+                if first(v).dtype == tf.uint8:
+                    return first(v)
+                along = None if axis is not None and first(v).shape.rank == 0 else axis
                 return super(Strategy, self).reduce(reduce_op, v, along)
 
             return tf.nest.map_structure(one, value)

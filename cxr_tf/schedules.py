@@ -139,12 +139,18 @@ def _current_rate(optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
+def _step(optimizer) -> int:
+    """The optimizer's step counter as a number (a MirroredVariable under tf.distribute, which
+    `int()` does not take)."""
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
 def _optimizer_step(model) -> int:
     """The optimizer's step counter, mid-epoch too: under JAX, `fit` keeps the variables' values
     in its own state during an epoch, so sync them back first (`fit` then reads them again)."""
     if keras.backend.backend() == "jax":
         model.jax_state_sync()
-    return int(model.optimizer.iterations)
+    return _step(model.optimizer)
 
 
 class _LinearWarmup(keras.callbacks.Callback):
@@ -185,7 +191,7 @@ class _ReduceLROnPlateauAfterWarmup(keras.callbacks.ReduceLROnPlateau):
         self.warmup_steps = warmup_steps
 
     def on_epoch_end(self, epoch, logs=None):
-        if int(self.model.optimizer.iterations) >= self.warmup_steps:
+        if _step(self.model.optimizer) >= self.warmup_steps:
             return super().on_epoch_end(epoch, logs)
         if logs is not None:
             logs["learning_rate"] = _current_rate(self.model.optimizer)
