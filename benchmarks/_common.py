@@ -5,6 +5,7 @@ the conversion benchmark's spawned workers stay light."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -34,3 +35,21 @@ def load_lines(others: float | None, cores: int, consequence: str, detail: str =
     if others > 0.1 * cores:
         lines.append(f"  WARNING: busy machine; {consequence}")
     return lines
+
+
+def set_up_jax(devices: int, script: str) -> None:
+    """Before JAX is imported: Keras' JAX backend and `devices` JAX host devices (unless
+    XLA_FLAGS already names a count); refuses a Keras already imported with another backend."""
+    os.environ["KERAS_BACKEND"] = "jax"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        count = f"--xla_force_host_platform_device_count={devices}"
+        os.environ["XLA_FLAGS"] = f"{flags} {count}".strip()
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != "jax":
+            raise SystemExit(
+                "error: Keras is already imported with another backend; run the benchmark "
+                f"as a script (python benchmarks/{script})"
+            )

@@ -40,24 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common.py
-from _common import load_lines, machine_busy, usable_cores  # noqa: E402
-
-
-def _set_up_jax(devices: int) -> None:
-    """Before JAX is imported: the JAX backend and `devices` host devices."""
-    os.environ["KERAS_BACKEND"] = "jax"
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        count = f"--xla_force_host_platform_device_count={devices}"
-        os.environ["XLA_FLAGS"] = f"{flags} {count}".strip()
-    if "keras" in sys.modules:
-        import keras
-
-        if keras.backend.backend() != "jax":
-            raise SystemExit(
-                "error: Keras is already imported with another backend; run the benchmark "
-                "as a script (python benchmarks/dispatch_overhead.py)"
-            )
+from _common import load_lines, machine_busy, set_up_jax, usable_cores  # noqa: E402
 
 
 def _model(name: str, image_size: int, execution: int):
@@ -124,7 +107,7 @@ def run(
     """Seconds per step of each measurement and their ratios, printed and returned."""
     if steps % execution:
         raise SystemExit(f"error: --steps {steps} must be a multiple of --execution {execution}")
-    _set_up_jax(devices)
+    set_up_jax(devices, "dispatch_overhead.py")
     import jax
     import keras
     import numpy as np

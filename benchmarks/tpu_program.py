@@ -22,9 +22,12 @@ measured here). It exits 0 whatever the figures.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common.py
+from _common import set_up_jax  # noqa: E402
 
 
 def _old_call(layer, x, training=None):
@@ -65,10 +68,7 @@ def main(argv=None) -> dict:
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--transfer-batch", type=int, default=32, help="per device, for the transfer")
     args = p.parse_args(argv)
-    if "jax" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "jax"
-        flag = f"--xla_force_host_platform_device_count={args.devices}"
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    set_up_jax(args.devices, "tpu_program.py")
     import jax
     import keras
     import numpy as np
