@@ -21,25 +21,36 @@ an `ops` namespace: `tf` or `keras.ops` for the geometry and `photometric`, `ker
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NUM_UNIFORMS = 11  # per image: 4 crop box, 4 affine, 1 flip, 2 photometric
+
+
+def _help(default, text: str):
+    """A field whose meaning `config.reference` (docs/config.md) shows."""
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class Augment:
     """Ranges of the training transform. Horizontal flip is off: anatomy is not symmetric."""
 
-    crop_scale: tuple[float, float] = (0.70, 1.0)  # area of the random crop, of the image
-    # its aspect ratio relative to the image's: at 1 the box has the image's own shape, and the
-    # resize to S x S squashes it as the evaluation transform squashes the whole image
-    crop_ratio: tuple[float, float] = (0.85, 1.18)
-    rotation_deg: float = 10.0
-    translate: float = 0.05  # of the image size
-    zoom: float = 0.10  # +- scale
-    brightness: float = 0.10  # added, in [0, 1] units
-    contrast: tuple[float, float] = (0.90, 1.10)
-    hflip: bool = False
+    crop_scale: tuple[float, float] = _help(
+        (0.70, 1.0), "range of the random crop's area, as a fraction of the image's"
+    )
+    crop_ratio: tuple[float, float] = _help(
+        (0.85, 1.18),
+        "range of the crop's aspect ratio relative to the image's: at 1 the box has the image's "
+        "shape, and the resize to S x S squashes it as evaluation squashes the whole image",
+    )
+    rotation_deg: float = _help(10.0, "rotation, uniform in +- this many degrees")
+    translate: float = _help(0.05, "shift, uniform in +- this fraction of the image size")
+    zoom: float = _help(0.10, "scale, uniform in 1 +- this")
+    brightness: float = _help(0.10, "added brightness, uniform in +- this (images in [0, 1])")
+    contrast: tuple[float, float] = _help(
+        (0.90, 1.10), "range of the contrast factor, about the image mean (1: unchanged)"
+    )
+    hflip: bool = _help(False, "random left-right flip; off because anatomy is not symmetric")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> Augment:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 BAD_INPUT = 2  # exit status of every cxr_tf command for bad input; 1 is "ran, some items failed"
@@ -19,3 +20,116 @@ def fail(message) -> int:
     """Print `error: <message>` to stderr and return BAD_INPUT, for `return fail(err)`."""
     print(f"error: {message}", file=sys.stderr)
     return BAD_INPUT
+
+
+QUIET_ENV = "CXR_TF_QUIET"  # "1": set by quiet_tensorflow, for the processes it starts
+VERBOSE_HELP = (
+    "show TensorFlow's own log lines (its start-up lines, libjpeg's 'Premature end of JPEG data' "
+    "and other C++ messages), hidden by default"
+)
+
+
+def add_verbose(parser) -> None:
+    """The `--verbose` flag every command line takes (see `quiet_tensorflow`)."""
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+
+
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Hide TensorFlow's log chatter in this process, unless `verbose`; call before TensorFlow
+    is imported (a command line calls it right after parsing its arguments).
+
+    Three sources: (1) the C++ lines printed while `import tensorflow` runs, twice (two
+    libraries each start absl logging): "WARNING: All log messages before absl::InitializeLog()
+    ...", "oneDNN custom operations are on ..." and the CPU-feature notice; TF_CPP_MIN_LOG_LEVEL
+    does not reach the oneDNN line, and TF_ENABLE_ONEDNN_OPTS=0 would change the numerics, so
+    the import runs with file descriptor 2 sent to a temporary file (replayed if the import
+    fails). (2) C++ messages at run time, such as libjpeg's `E0000 ... Premature end of JPEG
+    data` before predict's own line about the file: TF_CPP_MIN_LOG_LEVEL=3. (3) Python-side
+    `tensorflow` and `absl` loggers: errors only. An explicit TF_CPP_MIN_LOG_LEVEL is replaced;
+    `--verbose` leaves everything as TensorFlow has it.
+
+    Processes this one starts inherit it (QUIET_ENV, read when they import this module): the
+    converter's spawned workers, export's TensorFlow subprocess.
+    """
+    if verbose:
+        os.environ.pop(QUIET_ENV, None)
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietImport)]
+        return
+    import logging
+
+    os.environ[QUIET_ENV] = "1"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "tensorflow" not in sys.modules and not any(
+        isinstance(f, _QuietImport) for f in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _QuietImport())
+
+
+class _QuietImport:
+    """A one-shot import hook: `import tensorflow` (wherever it happens, e.g. inside `import
+    keras`) runs with the C-level stderr captured."""
+
+    searching = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        # Not removed here: `importlib.util.find_spec("tensorflow")` (runtime.choose_backend
+        # asks whether TensorFlow is installed) finds without importing; the loader removes it.
+        if fullname != "tensorflow" or self.searching:
+            return None
+        import importlib.machinery
+
+        self.searching = True
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        finally:
+            self.searching = False
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader, self)
+        return spec
+
+
+class _QuietLoader:
+    def __init__(self, inner, finder):
+        self.inner, self.finder = inner, finder
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module):
+        import tempfile
+
+        if self.finder in sys.meta_path:  # one shot: tensorflow is being imported now
+            sys.meta_path.remove(self.finder)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                self.inner.exec_module(module)
+            except BaseException:
+                _restore(saved)
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))  # why it failed
+                raise
+            _restore(saved)
+        module.__loader__ = self.inner
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.inner
+        logging_ = sys.modules.get("absl.logging")
+        if logging_ is not None:
+            logging_.set_verbosity(logging_.ERROR)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _restore(saved: int) -> None:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+if os.environ.get(QUIET_ENV) == "1":  # a process started by a quiet cxr_tf command
+    quiet_tensorflow()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_tf import images as image_ops
-from cxr_tf.cli import fail
+from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 from cxr_tf.sources import SPLITS, SourceError, SourceImage
 
 VERSION = "1.0.0"
@@ -504,7 +504,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="convert a seeded sample of N images")
     p.add_argument("--shard-mb", type=float, default=150.0, help="target shard size in MB")
     p.add_argument("--overwrite", action="store_true", help="replace a complete output")
+    add_verbose(p)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     try:
         result = convert(
             args.dataset,

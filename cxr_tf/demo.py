@@ -11,12 +11,11 @@ run finished, so a second run (or one after an interruption) picks up where it s
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 from cxr_tf import synthetic
-from cxr_tf.cli import fail, user_errors
+from cxr_tf.cli import add_verbose, fail, quiet_tensorflow, user_errors
 
 _WRITERS = {"pneumonia": synthetic.write_pneumonia, "nih14": synthetic.write_nih14}
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "training" / "demo.yaml"
@@ -77,9 +76,7 @@ def run_demo(
         verbose=2,
     )
     _stage("4/5 evaluate on the test split")
-    metrics = evaluate.evaluate(
-        run_dir, data, split="test", out_dir=run_dir / "evaluation", dataset=dataset
-    )
+    metrics = evaluate.evaluate(run_dir, data, split="test", dataset=dataset)  # into eval_test/
     print(evaluate.format_summary(metrics))
     _stage("5/5 predict with Grad-CAM")
     test_images = _sample_test_images(raw, dataset)
@@ -95,8 +92,8 @@ def run_demo(
         "run folder": run_dir,
         "best model": run_dir / "best.keras",
         "SavedModel": run_dir / "saved_model",
-        "metrics": run_dir / "evaluation" / "metrics.json",
-        "plots": run_dir / "evaluation",
+        "metrics": Path(metrics["out_dir"]) / "metrics.json",
+        "plots": Path(metrics["out_dir"]),
         "grad-cam": run_dir / "gradcam",
     }
     print(
@@ -122,8 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-images", type=int, default=400, help="size of the synthetic archive")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic archive")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="see cxr_tf.train")
+    add_verbose(p)
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow(args.verbose)
     workdir = Path(args.workdir)
     if workdir.exists() and not workdir.is_dir():
         return fail(f"--workdir {str(workdir)!r} is a file; give a folder (it is created)")

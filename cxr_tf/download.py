@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr_tf.cli import fail
+from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 
 KAGGLE_INPUT = Path("/kaggle/input")
 COMPLETE = ".download_complete"
@@ -134,7 +134,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("dataset", choices=sorted(SOURCES))
     p.add_argument("--out", default="raw", help="download folder (default: raw)")
+    add_verbose(p)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     try:
         path = download(args.dataset, args.out)
     except (DownloadError, ValueError) as err:

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf import config as config_lib
-from cxr_tf import inference, metrics
-from cxr_tf.cli import fail
+from cxr_tf import metrics
+from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 
 
 def resolve_model(path) -> Path:
@@ -36,6 +36,11 @@ def resolve_model(path) -> Path:
     if path.is_file() and path.suffix == ".keras":
         return path
     raise FileNotFoundError(f"--model {str(path)!r} is neither a .keras file nor a run folder")
+
+
+def default_out_dir(model_path, split: str) -> Path:
+    """Where evaluation writes by default (the demo too): `<run folder>/eval_<split>`."""
+    return Path(model_path).parent / f"eval_{split}"
 
 
 def fast_auroc(y: np.ndarray, p: np.ndarray) -> float:
@@ -92,6 +97,7 @@ def evaluate(
     threshold_rule: str | None = None,
 ) -> dict:
     """Predict `split` once, write metrics.json and the plots into `out_dir`; returns metrics."""
+    from cxr_tf import inference  # imports Keras: only once the command line has set up
     from cxr_tf.calibration import expected_calibration_error
     from cxr_tf.export import calibration_for, find_thresholds, label_info
     from cxr_tf.input_pipeline import read_info
@@ -100,7 +106,7 @@ def evaluate(
     if threshold_rule is not None:
         metrics.parse_threshold_rule(threshold_rule)  # a bad rule fails before any work
     model_path = resolve_model(model_path)
-    out_dir = Path(out_dir) if out_dir else model_path.parent / f"eval_{split}"
+    out_dir = Path(out_dir) if out_dir else default_out_dir(model_path, split)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved_config = model_path.parent / "config.yaml"
     if dataset is None and saved_config.is_file():  # the dataset the run was trained on
@@ -114,11 +120,13 @@ def evaluate(
     names, thresholds, source = label_info(preds.probs.shape[1], thresholds_file)
     saved = metrics.load_thresholds(thresholds_file) if thresholds_file else {}
     rule, chosen_on = saved.get("rule"), saved.get("source", "default")
+    stand_ins = metrics.stand_in_notes(saved) if saved else [None] * len(names)
     if threshold_rule is not None:
         val = inference.predict_split(model, data_dir, "validation", info.name)
         thresholds = metrics.choose_thresholds(
             calibrator.apply(val.probs), val.labels, threshold_rule
         )
+        stand_ins = thresholds.notes
         rule, chosen_on, source = threshold_rule, "validation", f"{threshold_rule} on validation"
     if names[0].startswith("class_"):  # no thresholds file: name the outputs from the data
         names = info.label_names if preds.probs.shape[1] > 1 else [info.label_names[1]]
@@ -128,6 +136,12 @@ def evaluate(
         result["classes"][name]["ece"] = expected_calibration_error(
             preds.labels[:, j], preds.probs[:, j]
         )
+        # a threshold that the split it was chosen on could not choose (no positives there)
+        result["classes"][name]["threshold_note"] = (
+            f"{stand_ins[j]} in {chosen_on}: {thresholds[j]:g} stands in, not chosen"
+            if stand_ins[j]
+            else None
+        )
     eces = [c["ece"] for c in result["classes"].values() if c["ece"] is not None]
     result["macro"]["ece"] = float(np.mean(eces)) if eces else None
     result["at_threshold_0.5"] = at_half
@@ -136,6 +150,7 @@ def evaluate(
         "chosen_on": chosen_on,
         "thresholds_file": str(thresholds_file) if thresholds_file else None,
         "thresholds": [float(t) for t in thresholds],
+        "stand_ins": {n: note for n, note in zip(names, stand_ins, strict=True) if note},
         "calibration": calibrator.to_dict(),
     }
     intervals = bootstrap_auroc(
@@ -221,7 +236,9 @@ def main(argv=None) -> int:
         help="choose thresholds on the validation split: youden, max_f1, sensitivity=S or "
         "fixed=T (default: the run's thresholds.json)",
     )
+    add_verbose(p)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         r = evaluate(
@@ -248,12 +265,28 @@ def format_summary(r: dict) -> str:
         f"{op['chosen_on']}"
     ]
     lines.append(f"  {'class':<20} {'AUROC':>6}  {'95% CI':>13}  {'sens':>5} {'spec':>5} {'F1':>5}")
+    stand_ins = op.get("stand_ins", {})
     for name, c in r["classes"].items():
         lo, hi = c["auroc_ci95"]
         ci = f"{lo:.3f}-{hi:.3f}" if lo is not None else "n/a"
+        # at a stand-in threshold the decisions mean nothing: n/a*, not a sensitivity of 0.000
+        decided = [
+            "n/a*" if name in stand_ins else _f(c[k]) for k in ("sensitivity", "specificity", "f1")
+        ]
         lines.append(
-            f"  {name:<20} {_f(c['auroc']):>6}  {ci:>13}  {_f(c['sensitivity']):>5} "
-            f"{_f(c['specificity']):>5} {_f(c['f1']):>5}"
+            f"  {name:<20} {_f(c['auroc']):>6}  {ci:>13}  {decided[0]:>5} {decided[1]:>5} "
+            f"{decided[2]:>5}"
+        )
+    if stand_ins:
+        lines.append(
+            f"  * no threshold chosen for {', '.join(stand_ins)}: {_notes(stand_ins)} in "
+            f"{op['chosen_on']}, so a stand-in threshold (metrics.json has its numbers)"
+        )
+    one_sided = r.get("one_sided", {})
+    if one_sided:
+        lines.append(
+            f"  AUROC n/a for {', '.join(one_sided)}: {_notes(one_sided)} in this {r['split']} "
+            "split, left out of the mean"
         )
     half = r["at_threshold_0.5"]
     lines.append(
@@ -263,6 +296,12 @@ def format_summary(r: dict) -> str:
     )
     lines.append(f"  metrics and plots in {r['out_dir']}")
     return "\n".join(lines)
+
+
+def _notes(by_class: dict) -> str:
+    """ "no positives" (or "no positives or negatives") for the classes a note dict names."""
+    kinds = sorted({note.removeprefix("no ") for note in by_class.values()}, reverse=True)
+    return "no " + " or ".join(kinds)
 
 
 def _f(x):

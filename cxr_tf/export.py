@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cxr_tf.cli import fail
+from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 
 MODEL_ASSET = "model.keras"
 LABELS_ASSET = "labels.json"
@@ -34,6 +34,30 @@ def find_thresholds(model_path) -> Path | None:
     """thresholds.json of the run folder that holds `model_path`, if there is one."""
     candidate = Path(model_path).expanduser().parent / "thresholds.json"
     return candidate if candidate.is_file() else None
+
+
+EXPORT_HINT = "give the run's file with --thresholds RUN_FOLDER/thresholds.json"
+
+
+def missing_metadata(model_path, thresholds_file=None, hint=EXPORT_HINT) -> str | None:
+    """One line saying what an export (or prediction) of `model_path` goes without, and how to
+    give it, or None when nothing is missing. A thresholds.json (beside the model in its run
+    folder, or `--thresholds`) carries the label names, the decision thresholds and the
+    calibration; a `.keras` file carries none of them."""
+    from cxr_tf.metrics import load_thresholds
+
+    if not thresholds_file:
+        return (
+            f"warning: no thresholds.json beside {model_path}, so no label names (class_0, "
+            "class_1, ... instead), no decision thresholds (0.5 for every class) and no "
+            f"calibration (raw probabilities); {hint}"
+        )
+    if load_thresholds(thresholds_file).get("calibration") is None:
+        return (
+            f"warning: {thresholds_file} has no calibration (written before cxr_tf calibrated "
+            "probabilities): raw probabilities; the run's own thresholds.json has it"
+        )
+    return None
 
 
 def label_info(num_outputs: int, thresholds_file=None) -> tuple[list[str], list[float], str]:
@@ -68,7 +92,11 @@ def export_model(model_path, out_dir, *, thresholds_file=None) -> Path:
     import keras
 
     model_path, out_dir = Path(model_path), Path(out_dir)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model file {str(model_path)!r} does not exist")
     thresholds_file = thresholds_file or find_thresholds(model_path)
+    if warning := missing_metadata(model_path, thresholds_file):
+        print(warning, file=sys.stderr, flush=True)
     if keras.backend.backend() != "tensorflow":
         cmd = [
             sys.executable,
@@ -164,7 +192,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="a .keras file (e.g. runs/X/best.keras)")
     p.add_argument("--out", required=True, help="SavedModel folder to write")
     p.add_argument("--thresholds", default=None, help="default: thresholds.json beside --model")
+    add_verbose(p)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         out = export_model(args.model, args.out, thresholds_file=args.thresholds)

@@ -78,10 +78,26 @@ def eval_crop_box(height: int, width: int, image_size: int, crop_fraction: float
     return top * sy, top * sx, image_size * sy, image_size * sx
 
 
-def figure(original, cam, box, title: str, path, *, alpha: float = 0.45) -> None:
+def emptiness(cam: np.ndarray, finding: str | None = None) -> str | None:
+    """What the title says of a map with nothing to show, else None: all zero (the model saw
+    no positive evidence for the finding anywhere: every position's sum of weighted features
+    is negative, which the ReLU clips), or flat (the same heat everywhere: no location)."""
+    cam = np.asarray(cam, np.float32)
+    what = f" for {finding}" if finding else ""
+    if not np.any(cam > 0):
+        return f"map empty: no positive evidence{what}"
+    if float(cam.max() - cam.min()) <= 1e-6 * float(cam.max()):
+        return f"map flat: evidence{what} spread evenly, no location"
+    return None
+
+
+def figure(
+    original, cam, box, title: str, path, *, alpha: float = 0.45, finding: str | None = None
+) -> None:
     """A PNG of the whole image as the user gave it (gray, at its aspect ratio, about 900 px
     wide), the heatmap over the part the model saw (`box` from `eval_crop_box`; outlined unless
-    it is the whole image), a colour bar, and `title` (finding, probability, threshold)."""
+    it is the whole image), a colour bar, and `title` (finding, probability, threshold); a map
+    with nothing to show says so on a second title line (`emptiness`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +121,8 @@ def figure(original, cam, box, title: str, path, *, alpha: float = 0.45) -> None
             plt.Rectangle((left, top), box_w, box_h, fill=False, ec="white", lw=0.8, ls="--")
         )
     ax.set(xlim=(0, w), ylim=(h, 0), xticks=[], yticks=[])
-    ax.set_title(title, fontsize=12)
+    empty = emptiness(cam, finding)
+    ax.set_title(title + (f"\n({empty})" if empty else ""), fontsize=12)
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
     bar.set_label("Grad-CAM (relative)")
     fig.tight_layout()

@@ -24,7 +24,7 @@ import numpy as np
 
 from cxr_tf import augment
 from cxr_tf.augment import Augment
-from cxr_tf.config import BALANCE_MODES
+from cxr_tf.config import BALANCE_MODES, single_label_balance_error
 from cxr_tf.convert import find_dataset_dir
 from cxr_tf.deps import require_tensorflow
 
@@ -98,11 +98,7 @@ def class_weights(info: DataInfo, split: str = "train") -> dict[int, float]:
     which is wrong for multi-hot labels, so asking for it on nih14 is an error.
     """
     if info.task != "binary":
-        raise ValueError(
-            f"class weights are for single-label data, and {info.name} is multi-label (Keras "
-            "would weight each sample by the argmax of its multi-hot label). Use "
-            "balance='pos_weight' (per-label positive weights in the loss) instead."
-        )
+        raise ValueError(single_label_balance_error("class_weight", info.name))
     counts = [info.splits[split]["class_counts"][name] for name in info.label_names]
     total = sum(counts)
     return {i: total / (len(counts) * c) if c else 0.0 for i, c in enumerate(counts)}
@@ -301,7 +297,7 @@ def make_dataset(
     if label_mode not in LABEL_MODES or (label_mode == "multilabel") != (info.task == "multilabel"):
         raise ValueError(f"label_mode {label_mode!r} does not fit the {info.task} task {info.name}")
     if balance in ("class_weight", "oversample") and info.task != "binary":
-        class_weights(info)  # raises the explanatory error
+        raise ValueError(single_label_balance_error(balance, info.name))
     if training and augment_in_model:
         check_image_size(info, image_size)
     num_pipelines = input_context.num_input_pipelines if input_context else 1

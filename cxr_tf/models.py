@@ -423,12 +423,15 @@ def _keras_application(name: str, weights: str, model: keras.Model) -> keras.Mod
     except Exception as err:  # get_file raises a bare Exception on network failure
         if weights != "imagenet":
             raise
-        raise RuntimeError(
-            f"could not get the ImageNet weights of {name} ({type(err).__name__}: {err}). "
-            "Offline? Copy the Keras file '"
-            f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5' into ~/.keras/models/, or "
-            "pass its path as weights (--set model.weights=PATH), or train from scratch with "
-            "weights='none'."
+        from cxr_tf.runtime import RuntimeErrorWithHint  # a one-line error in the CLIs
+
+        reason = " ".join(str(err).split())  # "URL fetch failure on https://...: -- [Errno -2] ..."
+        raise RuntimeErrorWithHint(
+            f"the ImageNet weights of {name} could not be downloaded ({type(err).__name__}: "
+            f"{reason}). Offline? Put Keras' file "
+            f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5 into ~/.keras/models/, or give "
+            "a local weights file with --set weights=PATH (a .h5, .weights.h5 or .keras file), "
+            "or train from scratch with --set weights=none (weights='none')."
         ) from err
 
 

@@ -18,6 +18,7 @@ from cxr_tf.sources import (
     SourceError,
     SourceImage,
     check_source,
+    count_patients,
     draw_patients,
     drop_patients,
     walk_files,
@@ -237,8 +238,8 @@ def assign_splits(
         overlap = {im.patient_id for im in test} & {im.patient_id for im in rest}
         if overlap:
             notes.append(
-                f"{len(overlap)} patients have images in test_list.txt and outside it; their "
-                "non-test images are left out so no patient is in two splits"
+                f"{count_patients(len(overlap), 'has', 'have')} images in test_list.txt and "
+                "outside it; their non-test images are left out so no patient is in two splits"
             )
             rest = drop_patients(rest, overlap)
         notes.append("test split = test_list.txt")

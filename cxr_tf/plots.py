@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
+VALUE_Z = 5  # the gallery's value labels: above its bars (1) and threshold marks (VALUE_Z - 1)
+
 
 def _grid(n: int, size: float = 4.2):
     cols = min(n, 4)
@@ -30,8 +32,24 @@ def _legend(ax, **kwargs):
         ax.legend(**kwargs)
 
 
+def _layout(fig) -> None:
+    """Tight layout below the figure title: matplotlib's tight_layout leaves no room for a
+    suptitle, which then overlaps the top row's panel titles; so the panels are laid out in
+    the figure minus the suptitle's height (measured on a draw); tight_layout's own padding
+    keeps them apart."""
+    title = fig._suptitle  # the Text of fig.suptitle, None without one
+    if title is None or not title.get_text():
+        fig.tight_layout()
+        return
+    fig.canvas.draw()  # measure the title as it renders
+    height = title.get_window_extent().height / fig.bbox.height
+    gap = 0.3 * title.get_fontsize() / 72 / fig.get_figheight()  # a third of a line
+    title.set(y=1.0 - gap, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - gap - height))
+
+
 def _save(fig, path):
-    fig.tight_layout()
+    _layout(fig)
     fig.savefig(path, dpi=130)  # a 4.2-inch panel: about 550 px
     plt.close(fig)
 
@@ -224,8 +242,19 @@ def gallery(model, data_dir, split, info, preds, names, thresholds, path, count=
             range(len(top)), p[top], color=["C3" if p[i] >= thresholds[i] else "C0" for i in top]
         )
         for row, i in enumerate(top):  # each class's decision threshold, and the probability
-            ax_bar.plot([thresholds[i]] * 2, [row - 0.4, row + 0.4], color="k", lw=1.2)
-            ax_bar.text(min(p[i] + 0.03, 0.75), row, f"{p[i]:.2f}", va="center", fontsize=6)
+            ax_bar.plot(
+                [thresholds[i]] * 2, [row - 0.4, row + 0.4], color="k", lw=1.2, zorder=VALUE_Z - 1
+            )
+            # over the threshold mark, on a white box, so that the mark never hides a digit
+            ax_bar.text(
+                min(p[i] + 0.03, 0.75),
+                row,
+                f"{p[i]:.2f}",
+                va="center",
+                fontsize=6,
+                zorder=VALUE_Z,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+            )
         ax_bar.set_yticks(range(len(top)), [names[i] for i in top], fontsize=6)
         ax_bar.set_xlim(0, 1)
         ax_bar.invert_yaxis()

@@ -16,6 +16,7 @@ from cxr_tf.sources import (
     SourceError,
     SourceImage,
     check_source,
+    count_patients,
     draw_patients,
     drop_patients,
     walk_files,
@@ -141,7 +142,7 @@ def assign_splits(
     if overlap:
         dropped = sum(im.patient_id in overlap for im in pool)
         notes.append(
-            f"{len(overlap)} patients are in both the official train/val and test folders "
+            f"{count_patients(len(overlap))} in both the official train/val and test folders "
             f"(e.g. {sorted(overlap)[:3]}); the official test set is kept as is and their "
             f"{dropped} train/val images are left out so no patient is in two splits"
         )

@@ -17,15 +17,20 @@ import argparse
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cxr_tf import dicom
-from cxr_tf.cli import fail
+from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm"}
+_PREDICT_HINT = (
+    "give the run folder or its SavedModel as --model, or copy the run's thresholds.json beside "
+    "the .keras file"
+)
 
 
 @dataclass
@@ -94,6 +99,7 @@ class Predictor:
             calibration_for,
             find_thresholds,
             label_info,
+            missing_metadata,
         )
 
         path = Path(model_path).expanduser()
@@ -119,10 +125,13 @@ class Predictor:
         elif path.is_file() and path.suffix == ".keras":
             self.keras_path = path
             model = self.keras_model()
+            thresholds_file = find_thresholds(path)
+            if warning := missing_metadata(path, thresholds_file, _PREDICT_HINT):
+                print(warning, file=sys.stderr, flush=True)
             self.label_names, self.thresholds, _ = label_info(
-                model.output_shape[-1], find_thresholds(path)
+                model.output_shape[-1], thresholds_file
             )
-            self.calibration = calibration_for(model.output_shape[-1], find_thresholds(path))
+            self.calibration = calibration_for(model.output_shape[-1], thresholds_file)
         else:
             raise FileNotFoundError(
                 f"--model {str(model_path)!r} is not a SavedModel folder, a .keras file or a run "
@@ -238,7 +247,7 @@ def _write_gradcams(predictor, data, path, classes, probs, out_dir: Path) -> lis
         verdict = "POSITIVE" if p >= t else "negative"
         title = f"{name}: probability {p:.2f} (threshold {t:.2f}, {verdict})"
         target = out_dir / f"{path.stem}_{name}.png"
-        gradcam.figure(original, cam, box, title, target)
+        gradcam.figure(original, cam, box, title, target, finding=name)
         written.append(str(target))
     return written
 
@@ -264,7 +273,9 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--gradcam", default=None, metavar="DIR", help="write Grad-CAM overlays here")
+    add_verbose(p)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if args.top_k < 1:
         p.error(f"--top-k {args.top_k} must be at least 1")

@@ -27,7 +27,8 @@ LAST_TF_WITH_TPU = (2, 20)
 
 
 class RuntimeErrorWithHint(RuntimeError):
-    """A distribution that cannot be set up here; the message says what to do."""
+    """Something this machine or its network cannot do as asked (a distribution to set up, weights
+    to download); the message says what to do instead."""
 
 
 def tpu_present() -> bool:

@@ -7,7 +7,6 @@ step counter, which BackupAndRestore restores. Used by `trainer.train`.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import keras
 
@@ -212,10 +211,9 @@ class SwapEMAWeights(keras.callbacks.SwapEMAWeights):
     way round, and a run resumed from one must swap back at its first epoch's start, as the
     uninterrupted run does; Keras' callback, new in each run, would not know to."""
 
-    def __init__(self, backup_weights: Path):
+    def __init__(self, resumes: bool):
         super().__init__(swap_on_epoch=True)
-        self.backup_weights = backup_weights
+        self.resumes = resumes  # whether the backup (`resume.EpochCommit`) will load a state
 
     def on_train_begin(self, logs=None):
-        # BackupAndRestore loads this file in its own on_train_begin, iff it exists
-        self._ema_weights_in_model = Path(self.backup_weights).is_file()
+        self._ema_weights_in_model = self.resumes

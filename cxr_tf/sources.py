@@ -117,3 +117,8 @@ def draw_patients(
 def drop_patients(images: list[SourceImage], patients: set[str]) -> list[SourceImage]:
     """`images` without those of `patients`."""
     return [im for im in images if im.patient_id not in patients]
+
+
+def count_patients(n: int, one: str = "is", many: str = "are") -> str:
+    """'1 patient is', '3 patients are': a count of patients with its verb, for the notes."""
+    return f"{n} patient {one}" if n == 1 else f"{n} patients {many}"

@@ -2,7 +2,7 @@
 
     python -m cxr_tf.train --config training/X.yaml [--data DIR] [--workdir DIR]
         [--strategy {auto,tpu,mirrored,multiworker,cpu}] [--backend {auto,tensorflow,jax}]
-        [--set key=value ...]
+        [--set key=value ...]   (e.g. --set stages.0.epochs=2; every key: --list-config)
 
 A thin layer over `run`, which picks the Keras backend *before* anything imports TensorFlow or
 Keras, sets up the distribution, and hands over to `cxr_tf.trainer.train`. Importing this module
@@ -12,10 +12,13 @@ and parsing its arguments import neither.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cxr_tf import config as config_lib
-from cxr_tf.cli import fail, user_errors
+from cxr_tf.cli import add_verbose, fail, quiet_tensorflow, user_errors
 from cxr_tf.runtime import BACKENDS, STRATEGIES, choose_backend
+
+INTERRUPTED = 130  # exit status after Ctrl-C, as a shell reports SIGINT
 
 
 def run(
@@ -62,9 +65,14 @@ def main(argv=None) -> int:
         description=__doc__.split("\n")[0],
         epilog="Several hosts: TensorFlow reads TF_CONFIG (--strategy multiworker); JAX finds a "
         "TPU slice, SLURM or Open MPI itself, elsewhere give --coordinator, --num-processes "
-        "and --process-id (see the README).",
+        "and --process-id (see docs/multihost.md).",
     )
-    p.add_argument("--config", required=True, help="a YAML file from training/")
+    p.add_argument("--config", help="a YAML file from training/ (required to train)")
+    p.add_argument(
+        "--list-config",
+        action="store_true",
+        help="print every config key with its type, default and meaning (docs/config.md), and exit",
+    )
     p.add_argument("--data", default="tfrecords", help="the converter's --out folder")
     p.add_argument("--workdir", default="runs/latest", help="run folder (resumes if it exists)")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES)
@@ -81,7 +89,14 @@ def main(argv=None) -> int:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set batch_size=16 (repeatable)",
     )
+    add_verbose(p)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
+    if args.list_config:
+        print(config_lib.reference(), end="")
+        return 0
+    if args.config is None:
+        p.error("the following arguments are required: --config (or --list-config)")
     try:
         summary = run(
             args.config,
@@ -97,11 +112,19 @@ def main(argv=None) -> int:
         )
     except user_errors() as err:
         return fail(err)
+    except KeyboardInterrupt as err:  # resume.Interrupted says where; elsewhere it is plain
+        print(str(err) or "interrupted; run the same command to resume", file=sys.stderr)
+        return INTERRUPTED
     print(
-        f"Done: best {summary['monitor']} {summary['best']}, validation mean AUROC "
-        f"{summary['val_auroc_mean']}; run folder {summary['workdir']}"
+        f"Done: best {summary['monitor']} {_g(summary['best'])}, validation mean AUROC "
+        f"{_g(summary['val_auroc_mean'])}; run folder {summary['workdir']}"
     )
     return 0
+
+
+def _g(x) -> str:
+    """A metric at 4 significant digits (0.7667, not 0.7666666507720947); n/a for None."""
+    return "n/a" if x is None else f"{x:.4g}"
 
 
 if __name__ == "__main__":

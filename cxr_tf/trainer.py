@@ -14,7 +14,6 @@ command again resumes an interrupted run at its last finished epoch:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -22,61 +21,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cxr_tf import calibration, inference, input_pipeline, metrics, models, schedules
+from cxr_tf import (
+    calibration,
+    inference,
+    input_pipeline,
+    metrics,
+    models,
+    resume,
+    schedules,
+    storage,
+)
 from cxr_tf import config as config_lib
 from cxr_tf.losses import make_loss
 from cxr_tf.runtime import Runtime, default_precision, default_steps_per_execution
-
-
-class _ResumableCallbackState(keras.callbacks.Callback):
-    """Saves and restores what BackupAndRestore does not: the counters of EarlyStopping,
-    ReduceLROnPlateau (None under the cosine schedule) and ModelCheckpoint, and EarlyStopping's
-    best weights, so that a resumed run takes the same decisions as an uninterrupted one. (The
-    learning rate, its schedule's position and the averaged weights are optimizer variables,
-    which the backup holds.)"""
-
-    def __init__(self, folder: Path, early_stopping, reduce_lr, checkpoint):
-        super().__init__()
-        self.folder = folder
-        self.es, self.rlr, self.ckpt = early_stopping, reduce_lr, checkpoint
-
-    def on_train_begin(self, logs=None):
-        state_file = self.folder / "callbacks.json"
-        if not state_file.is_file():
-            return
-        state = json.loads(state_file.read_text())
-        self.es.wait, self.es.best, self.es.best_epoch = (
-            state["es_wait"],
-            state["es_best"],
-            state["es_best_epoch"],
-        )
-        if self.rlr is not None:
-            self.rlr.wait, self.rlr.best = state["rlr_wait"], state["rlr_best"]
-            self.rlr.cooldown_counter = state["rlr_cooldown"]
-        self.ckpt.best = state["ckpt_best"]
-        best = self.folder / "es_best.npz"
-        if best.is_file():
-            with np.load(best) as f:
-                self.es.best_weights = [f[f"w{i}"] for i in range(len(f.files))]
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if self.es.wait == 0 and self.es.best_weights is not None:
-            tmp = self.folder / "es_best.tmp.npz"
-            np.savez(tmp, **{f"w{i}": w for i, w in enumerate(self.es.best_weights)})
-            os.replace(tmp, self.folder / "es_best.npz")
-        state = {
-            "es_wait": self.es.wait,
-            "es_best": _num(self.es.best),
-            "es_best_epoch": self.es.best_epoch,
-            "ckpt_best": _num(self.ckpt.best),
-        }
-        if self.rlr is not None:
-            state["rlr_wait"], state["rlr_best"] = self.rlr.wait, _num(self.rlr.best)
-            state["rlr_cooldown"] = self.rlr.cooldown_counter
-        tmp = self.folder / "callbacks.json.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.folder / "callbacks.json")
 
 
 class _ValLossWithoutPadding(keras.callbacks.Callback):
@@ -125,7 +82,11 @@ def monitor_mode(monitor: str) -> str:
 
 
 def make_metrics(task: str, num_labels: int, activation: str) -> list:
-    """AUC (per label, averaged, for multi-label), accuracy, precision and recall."""
+    """AUC, accuracy, precision and recall. Multi-label: the AUC is the mean per-label AUROC over
+    the labels the split has positives and negatives for (`cxr_tf.monitor.MeanAUC`), as
+    evaluation's mean AUROC; Keras' own would count each label without positives as 0."""
+    from cxr_tf.monitor import MeanAUC
+
     multi = task == "multilabel"
     acc = (
         keras.metrics.CategoricalAccuracy(name="accuracy")
@@ -133,7 +94,7 @@ def make_metrics(task: str, num_labels: int, activation: str) -> list:
         else keras.metrics.BinaryAccuracy(name="accuracy")
     )
     return [
-        keras.metrics.AUC(name="auc", multi_label=multi, num_labels=num_labels if multi else None),
+        MeanAUC(name="auc", multi_label=multi, num_labels=num_labels if multi else None),
         acc,
         keras.metrics.Precision(name="precision"),
         keras.metrics.Recall(name="recall"),
@@ -191,11 +152,6 @@ def _check_workdir(workdir: Path, cfg) -> bool:
                 "the same config, or pick a new --workdir"
             )
     return (workdir / "done.json").is_file()
-
-
-def _resume_epoch(backup: Path) -> int:
-    meta = backup / "training_metadata.json"
-    return json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
 
 
 def train(
@@ -279,7 +235,8 @@ def train(
     # leaves behind) the run folder.
     workdir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, workdir / "config.yaml")
-    (workdir / "runtime.json").write_text(
+    storage.write_text(
+        workdir / "runtime.json",
         runtime.to_json(
             learning_rates=learning_rates,
             lr_rule=schedules.lr_rule(cfg.optimizer),
@@ -289,7 +246,7 @@ def train(
             steps_per_epoch=steps,
             steps_per_execution=steps_per_execution,
             precision=precision,
-        )
+        ),
     )
     pos_weight = input_pipeline.positive_weights(info) if cfg.loss == "weighted_bce" else None
 
@@ -297,6 +254,7 @@ def train(
     mode = monitor_mode(cfg.monitor)
     best_path = workdir / "best.keras"
     best_value = None
+    history = []  # one row per finished epoch, over all stages (resume.EpochCommit)
     start_epoch = 0
     val_ds = _dataset(runtime, data_dir, cfg, "validation", training=False)
     val_rows = runtime.global_batch * input_pipeline.eval_steps(
@@ -305,10 +263,11 @@ def train(
     for k, stage in enumerate(cfg.stages):
         end_epoch = start_epoch + int(stage["epochs"])
         stage_end = workdir / f"stage{k + 1}_end.weights.h5"
+        stage_done = workdir / "backup" / f"stage{k + 1}.json"
         stage_dir = workdir / "backup" / f"stage{k + 1}"
-        if stage_end.is_file():  # finished before an interruption: skip to its end state
-            state = json.loads((stage_dir.parent / f"stage{k + 1}.json").read_text())
-            best_value = state["best"]
+        if stage_done.is_file():  # finished before an interruption: skip to its end state
+            state = json.loads(stage_done.read_text())
+            best_value, history = state["best"], state["history"]
             model.load_weights(stage_end)
             start_epoch = end_epoch
             continue
@@ -328,11 +287,24 @@ def train(
             # fills its caches, so a resumed run (whose stream skips batches) would then see
             # other data than an uninterrupted one. One validation batch builds them instead.
             model.evaluate(val_ds.take(1), verbose=0)
-        resume_at = max(_resume_epoch(stage_dir), start_epoch)
+        early = keras.callbacks.EarlyStopping(
+            monitor=cfg.monitor,
+            mode=mode,
+            patience=cfg.early_stopping_patience,
+            restore_best_weights=True,
+        )
+        rate_callbacks, reduce_lr = schedules.lr_callbacks(cfg, plans[k], mode)
+        checkpoint = resume.BestCheckpoint(best_path, cfg.monitor, mode, best_value)
+        commit = resume.EpochCommit(
+            stage_dir, workdir / "history.csv", history, early, reduce_lr, checkpoint
+        )
+        resume_at = commit.resume_epoch(start_epoch, end_epoch)
         if resume_at > start_epoch:
             print(
                 f"cxr_tf.train: resuming at epoch {resume_at + 1} of {cfg.total_epochs} from "
                 f"{stage_dir}"
+                if resume_at < end_epoch
+                else f"cxr_tf.train: stage {k + 1} had finished; finishing the run"
             )
         train_ds = _dataset(
             runtime,
@@ -343,60 +315,51 @@ def train(
             skip_batches=(resume_at - start_epoch) * steps,
         )
         _check_step_memory(model, runtime, cfg, train_ds)
-        early = keras.callbacks.EarlyStopping(
-            monitor=cfg.monitor,
-            mode=mode,
-            patience=cfg.early_stopping_patience,
-            restore_best_weights=True,
-        )
-        rate_callbacks, reduce_lr = schedules.lr_callbacks(cfg, plans[k], mode)
-        checkpoint = keras.callbacks.ModelCheckpoint(
-            str(best_path),
-            monitor=cfg.monitor,
-            mode=mode,
-            save_best_only=True,
-            initial_value_threshold=best_value,
-        )
         callbacks = [
             _ValLossWithoutPadding(val_rows, info.num_examples("validation")),
             # before the checkpoint, early stopping and the backup: they see the averaged weights
-            *([schedules.SwapEMAWeights(stage_dir / "latest.weights.h5")] if cfg.ema else []),
+            *([schedules.SwapEMAWeights(commit.resumes)] if cfg.ema else []),
             keras.callbacks.TerminateOnNaN(),
             checkpoint,
             early,
             *rate_callbacks,
-            keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
             keras.callbacks.TensorBoard(str(workdir / "tensorboard")),
-            keras.callbacks.BackupAndRestore(str(stage_dir)),
-            _ResumableCallbackState(stage_dir, early, reduce_lr, checkpoint),
+            commit,  # after every callback whose state it keeps
             *extra_callbacks,
         ]
-        with warnings.catch_warnings():
-            # The finite evaluation pass ending is expected, not a data shortage.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            model.fit(
-                train_ds,
-                shuffle=False,  # the pipeline shuffles
-                epochs=end_epoch,
-                initial_epoch=start_epoch,
-                steps_per_epoch=steps,
-                validation_data=val_ds,
-                # No validation_steps: the padded evaluation pass is finite and exact, and without
-                # steps Keras starts a fresh iterator each epoch (with steps it keeps one, from
-                # which its distributed symbolic build has already taken a batch).
-                callbacks=callbacks,
-                verbose=verbose,
-            )
-        best_value = _num(checkpoint.best)
+        try:
+            with warnings.catch_warnings():
+                # The finite evaluation pass ending is expected, not a data shortage.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                model.fit(
+                    train_ds,
+                    shuffle=False,  # the pipeline shuffles
+                    epochs=end_epoch,
+                    initial_epoch=resume_at,
+                    steps_per_epoch=steps,
+                    validation_data=val_ds,
+                    # No validation_steps: the padded evaluation pass is finite and exact, and
+                    # without steps Keras starts a fresh iterator each epoch (with steps it keeps
+                    # one, from which its distributed symbolic build has already taken a batch).
+                    callbacks=callbacks,
+                    verbose=verbose,
+                )
+        except KeyboardInterrupt as err:
+            epoch = resume_at if commit.epoch is None else commit.epoch
+            raise resume.Interrupted(
+                f"interrupted in epoch {epoch + 1} of {cfg.total_epochs}; run the same command "
+                "to resume"
+            ) from err
+        best_value, history = _num(checkpoint.best), commit.history
         model.save_weights(stage_end)
-        (stage_dir.parent / f"stage{k + 1}.json").write_text(json.dumps({"best": best_value}))
+        storage.write_text(stage_done, json.dumps({"best": best_value, "history": history}))
         start_epoch = end_epoch
 
     # ---- thresholds, validation metrics, export
     if best_path.is_file():
         model.load_weights(best_path)
     else:  # no epoch improved on the monitor's start value: keep the last weights
-        model.save(best_path)
+        storage.save_model(model, best_path)
     preds = inference.predict_split(
         model, data_dir, "validation", cfg.dataset, batch_size=runtime.global_batch
     )
@@ -417,7 +380,7 @@ def train(
         calibration.expected_calibration_error(labels[:, j], probs[:, j])
         for j in range(probs.shape[1])
     ]
-    (workdir / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2))
+    storage.write_text(workdir / "val_metrics.json", json.dumps(val_metrics, indent=2))
     export_dir = _export(best_path, workdir)
     summary = {
         "workdir": str(workdir),
@@ -428,7 +391,7 @@ def train(
         "saved_model": export_dir,
         "runtime": json.loads(runtime.to_json()),
     }
-    (workdir / "done.json").write_text(json.dumps(summary, indent=2))
+    storage.write_text(workdir / "done.json", json.dumps(summary, indent=2))
     # Resume state is only needed until done.json exists.
     shutil.rmtree(workdir / "backup", ignore_errors=True)
     for stage_end in workdir.glob("stage*_end.weights.h5"):

@@ -121,3 +121,31 @@ def test_operating_points_at_the_chosen_threshold_and_at_half(
     assert other["operating_point"]["thresholds"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="threshold rule 'best' is not one of"):
         evaluate(trained_run, pneumonia_data, out_dir=out / "bad", threshold_rule="best")
+
+
+def test_the_table_flags_stand_in_thresholds_and_classes_without_positives():
+    """NIH-like: B had no validation positives (threshold 0.5 stands in), C has none in test."""
+    from cxr_tf.evaluate import format_summary
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((60, 3)) < 0.3).astype(np.float32)
+    labels[:, 2] = 0
+    probs = rng.random((60, 3)).astype(np.float32) * 0.4  # B's probabilities all below 0.5
+    r = metrics.summarize(probs, labels, [0.2, 0.5, 0.3], ["A", "B", "C"])
+    for c in r["classes"].values():
+        c["auroc_ci95"] = [None, None]
+    r["macro"]["ece"] = 0.01
+    r["at_threshold_0.5"] = r
+    r.update(dataset="nih14", split="test", out_dir="x")
+    r["operating_point"] = {
+        "rule": "youden",
+        "chosen_on": "validation",
+        "stand_ins": {"B": "no positives"},
+    }
+    text = format_summary(r)
+    (row_b,) = [line for line in text.splitlines() if line.startswith("  B ")]
+    assert row_b.split()[-3:] == ["n/a*", "n/a*", "n/a*"] and "0.000" not in row_b
+    assert "* no threshold chosen for B: no positives in validation" in text
+    assert "AUROC n/a for C: no positives in this test split, left out of the mean" in text
+    (row_a,) = [line for line in text.splitlines() if line.startswith("  A ")]
+    assert "n/a*" not in row_a

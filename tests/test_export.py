@@ -146,3 +146,28 @@ def _png(gray: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(gray).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_a_model_outside_its_run_folder_exports_with_a_warning(tmp_path, capsys):
+    """lonely.keras has no thresholds.json beside it: the export says, in one line, that it
+    goes without label names, thresholds and calibration, and how to give them."""
+    model = models.build_model("densenet_tiny", num_classes=1, image_size=32, channels=1)
+    model.save(tmp_path / "lonely.keras")
+    assert main(["--model", str(tmp_path / "lonely.keras"), "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    for what in ("label names", "thresholds", "calibration", "--thresholds"):
+        assert what in line
+    from cxr_tf import metrics
+    from cxr_tf.calibration import Calibration
+
+    metrics_file = tmp_path / "elsewhere" / "thresholds.json"
+    metrics_file.parent.mkdir()
+    metrics.save_thresholds(
+        metrics_file, ["PNEUMONIA"], [0.8], "validation", calibration=Calibration.identity(1)
+    )
+    args = ["--model", str(tmp_path / "lonely.keras"), "--out", str(tmp_path / "b")]
+    assert main([*args, "--thresholds", str(metrics_file)]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    labels = json.loads((tmp_path / "b" / "assets" / "labels.json").read_text())
+    assert labels["label_names"] == ["PNEUMONIA"] and labels["thresholds"] == [0.8]

@@ -91,3 +91,26 @@ def test_a_trained_densenet_puts_each_findings_heat_on_its_own_spot():
     assert np.mean(detected) >= 0.8, np.mean(detected)  # the two rank above the rest
     assert np.mean(nearer) >= 0.9, np.mean(nearer)
     assert np.mean(hotter) >= 0.9, np.mean(hotter)
+
+
+def test_an_empty_map_says_so_in_the_figure_title(tmp_path, monkeypatch):
+    """Finding 0 reads feature 0 with a negative weight and feature 1 is zero: no position has
+    positive evidence, the ReLU'd map is all zero, and the title says so."""
+    import matplotlib.pyplot as plt
+
+    model = _two_finding_model()
+    model.get_layer("logits").set_weights([np.array([[-1.0, 2.0], [0.0, 0.0]], np.float32)])
+    images = np.zeros((1, 16, 16, 2), np.float32)
+    images[..., 0] = np.random.default_rng(0).random((16, 16))
+    empty, full = gradcam.heatmaps(model, images, 0)[0], gradcam.heatmaps(model, images, 1)[0]
+    assert not empty.any() and full.max() == 1.0
+    assert gradcam.emptiness(empty, "Mass") == "map empty: no positive evidence for Mass"
+    assert gradcam.emptiness(full, "Nodule") is None
+    assert "map flat" in gradcam.emptiness(np.ones((4, 4)), "Nodule")
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    box = gradcam.eval_crop_box(16, 16, 16, 1.0)
+    gradcam.figure(images[0, ..., 0], empty, box, "Mass: 0.10", tmp_path / "a.png", finding="Mass")
+    gradcam.figure(images[0, ..., 0], full, box, "Nodule: 0.90", tmp_path / "b.png")
+    titles = [fig.axes[0].get_title() for fig in kept]
+    assert titles == ["Mass: 0.10\n(map empty: no positive evidence for Mass)", "Nodule: 0.90"]

@@ -143,3 +143,95 @@ def test_a_class_without_positives_leaves_the_macro_auroc_defined():
         r = metrics.summarize(probs, labels, [0.5, 0.5], ["a", "b"])
     assert r["classes"]["b"]["auroc"] is None
     assert r["macro"]["auroc"] == pytest.approx(r["classes"]["a"]["auroc"])
+
+
+def test_classes_without_positives_are_flagged_in_thresholds_json_and_metrics(tmp_path):
+    probs, labels = _data(seed=5)
+    labels[:, 1] = 0  # no positives for B
+    labels[:, 2] = 1  # no negatives for C
+    thresholds = metrics.choose_thresholds(probs, labels, "youden")
+    assert thresholds.notes == [None, "no positives", "no negatives"]
+    assert thresholds[1:] == [0.5, 0.5]  # stand-ins, flagged
+    metrics.save_thresholds(tmp_path / "t.json", ["A", "B", "C"], thresholds, "validation")
+    data = metrics.load_thresholds(tmp_path / "t.json")
+    assert data["no_positives"] == ["B"] and data["no_negatives"] == ["C"]
+    assert metrics.stand_in_notes(data) == [None, "no positives", "no negatives"]
+    assert metrics.choose_thresholds(probs, labels, "fixed=0.3").notes == [None] * 3
+    summary = metrics.summarize(probs, labels, thresholds, ["A", "B", "C"])
+    assert summary["one_sided"] == {"B": "no positives", "C": "no negatives"}
+    assert summary["classes"]["B"]["sensitivity"] is None
+    assert summary["classes"]["A"]["note"] is None
+
+
+def _monitor_data():
+    """Labels of 4 classes, the last two without positives (as rare NIH findings in a small
+    validation split), predictions with signal, and 6 weight-0 padding rows."""
+    rng = np.random.default_rng(7)
+    labels = np.zeros((120, 4), np.float32)
+    labels[:, :2] = rng.random((120, 2)) < 0.4
+    probs = np.clip(labels * 0.35 + rng.random(labels.shape) * 0.65, 0, 1).astype(np.float32)
+    weights = np.ones(120, np.float32)
+    weights[-6:] = 0
+    labels[-6:] = 1  # padding: would make the last classes two-sided if it counted
+    expected = np.mean([skm.roc_auc_score(labels[:-6, j], probs[:-6, j]) for j in range(2)])
+    return probs, labels, weights, expected
+
+
+_MONITOR_IN_A_COMPILED_STEP = """
+import numpy as np, keras
+from cxr_tf.monitor import MeanAUC
+def check(probs, labels, weights, scope):
+    with scope:
+        inputs = keras.Input((probs.shape[1],))
+        model = keras.Model(inputs, keras.layers.Identity()(inputs))
+        model.compile(
+            loss="binary_crossentropy",
+            weighted_metrics=[
+                MeanAUC(name="auc", multi_label=True, num_labels=probs.shape[1]),
+                keras.metrics.AUC(name="keras_auc", multi_label=True, num_labels=probs.shape[1]),
+            ],
+        )
+    logs = model.evaluate(probs, labels, sample_weight=weights, batch_size=16, verbose=0,
+                          return_dict=True)
+    return logs["auc"], logs["keras_auc"]
+"""
+
+
+def test_the_monitor_is_the_mean_auroc_over_classes_with_positives():
+    """val_auc under TensorFlow, in Keras' compiled evaluation step under MirroredStrategy on
+    two CPUs: evaluation's mean AUROC over the classes with positives (to Keras' 200
+    thresholds), where Keras' own AUC counts the two classes without positives as 0."""
+    import contextlib
+
+    import tensorflow as tf
+
+    probs, labels, weights, expected = _monitor_data()
+    namespace = {}
+    exec(_MONITOR_IN_A_COMPILED_STEP, namespace)
+    for scope in (
+        contextlib.nullcontext(),
+        tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"]).scope(),
+    ):
+        ours, keras_own = namespace["check"](probs, labels, weights, scope)
+        assert ours == pytest.approx(expected, abs=0.01)
+        assert keras_own == pytest.approx(expected / 2, abs=0.01)  # two labels at 0
+
+
+def test_the_monitor_agrees_under_jax(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    probs, labels, weights, expected = _monitor_data()
+    np.savez(tmp_path / "d.npz", probs=probs, labels=labels, weights=weights)
+    code = _MONITOR_IN_A_COMPILED_STEP + (
+        "import contextlib\n"
+        f"d = np.load({str(tmp_path / 'd.npz')!r})\n"
+        "print(*check(d['probs'], d['labels'], d['weights'], contextlib.nullcontext()))\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours, keras_own = map(float, proc.stdout.split()[-2:])
+    assert ours == pytest.approx(expected, abs=0.01)
+    assert keras_own == pytest.approx(expected / 2, abs=0.01)

@@ -168,3 +168,47 @@ def test_a_file_that_cannot_be_read_is_a_value_error(tmp_path, monkeypatch):
     monkeypatch.setattr(type(path), "read_bytes", denied)
     with pytest.raises(ValueError, match="^cannot read the file: Permission denied$"):
         read_image_bytes(path)
+
+
+def _tf_chatter(stderr: str) -> list[str]:
+    """TensorFlow's own lines: absl/C++ log lines (I0000, W0000, E0000 ...), oneDNN's and the
+    CPU-feature notices, absl's pre-initialisation warning."""
+    import re
+
+    pattern = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|.*oneDNN|.*absl|To enable the)")
+    return [line for line in stderr.splitlines() if pattern.match(line)]
+
+
+def test_the_command_line_is_quiet_unless_verbose(tmp_path):
+    """predict on a truncated JPEG in a fresh process: its own lines only (the missing
+    thresholds.json warning and the file's error); with --verbose, TensorFlow's lines too."""
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from cxr_tf.cli import QUIET_ENV
+
+    model = models.build_model("densenet_tiny", num_classes=1, image_size=32, channels=1)
+    model.save(tmp_path / "lonely.keras")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(
+        buffer, format="JPEG"
+    )
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", QUIET_ENV)}
+    env["KERAS_BACKEND"] = "tensorflow"
+    cmd = [sys.executable, "-m", "cxr_tf.predict", "--model", str(tmp_path / "lonely.keras")]
+    runs = {
+        flag: subprocess.run(
+            [*cmd, str(tmp_path / "cut.jpg"), *flag], env=env, capture_output=True, text=True
+        )
+        for flag in ((), ("--verbose",))
+    }
+    quiet, verbose = runs[()], runs[("--verbose",)]
+    assert quiet.returncode == verbose.returncode == 1, quiet.stderr[-2000:]
+    assert "a truncated or corrupt JPEG file" in quiet.stdout
+    assert _tf_chatter(quiet.stderr) == [], quiet.stderr
+    assert [line.split(":")[0] for line in quiet.stderr.splitlines()] == ["warning"]
+    chatter = _tf_chatter(verbose.stderr)
+    assert any("Premature end of JPEG data" in line for line in chatter), verbose.stderr

@@ -1,0 +1,164 @@
+"""What a run writes so that it resumes after any interruption: SIGKILL, Ctrl-C, a preempted VM.
+
+Every file is either written to a temporary name and renamed into place (`cxr_tf.storage`), or
+named for its epoch and made current only by the rename of one small state file
+(`EpochCommit`). A run stopped at any instant so leaves the previous complete state or the new
+one, never half of one; the rerun of the same command repeats at most the epoch it was stopped
+in, and that epoch's work (a new best model, a history row) is written again, not twice. Keras'
+BackupAndRestore, ModelCheckpoint and CSVLogger write in place, which a kill mid-write leaves
+unreadable, so the trainer uses these instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cxr_tf.storage import save_model, write_text
+
+STATE = "state.json"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with where it stopped; `train.main` prints it as one line."""
+
+
+def read_state(folder) -> dict | None:
+    """The last committed state in a stage's backup folder, or None."""
+    path = Path(folder) / STATE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_history(path, rows: list[dict]) -> None:
+    """history.csv from the committed rows (one per epoch), as Keras' CSVLogger lays it out."""
+    if not rows:
+        return
+    keys = ["epoch", *sorted({k for r in rows for k in r} - {"epoch"})]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, out.getvalue())
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model to `path` whenever `monitor` improves on `best` (atomically)."""
+
+    def __init__(self, path, monitor: str, mode: str, best: float | None = None):
+        super().__init__()
+        self.path, self.monitor, self.mode, self.best = Path(path), monitor, mode, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            self.best = value
+            save_model(self.model, self.path)
+
+
+class EpochCommit(keras.callbacks.Callback):
+    """Backs up a stage at each epoch's end and restores it at the start of a rerun.
+
+    One commit per epoch: the weights (with the optimizer's state) go to `epoch-N.weights.h5`,
+    early stopping's best weights (when they changed) to `es_best-N.npz`, and then `state.json`,
+    renamed into place, names them and holds the counters of early stopping, LR reduction and
+    the checkpoint, whether training was told to stop, and the history rows so far. history.csv
+    is rewritten from those rows. Files no longer named are deleted after the commit.
+
+    It must come after every callback whose state it keeps. `fit` must be given
+    `initial_epoch=resume_epoch`; a stage whose committed state says it is over is resumed with
+    `initial_epoch == epochs`, so that `fit` only runs its end (early stopping's restore of the
+    best weights, the averaged weights' final swap) as the uninterrupted run did.
+    """
+
+    def __init__(self, folder, history_path, history, early_stopping, reduce_lr, checkpoint):
+        super().__init__()
+        self.folder, self.history_path = Path(folder), Path(history_path)
+        self.es, self.rlr, self.ckpt = early_stopping, reduce_lr, checkpoint
+        self.state = read_state(self.folder)
+        self.history = list(self.state["history"] if self.state else history)
+        self.epoch = None  # the epoch running now, for the Ctrl-C message
+
+    @property
+    def resumes(self) -> bool:
+        return self.state is not None
+
+    def resume_epoch(self, start: int, end: int) -> int:
+        """The epoch `fit` starts at: `end` if the committed state says the stage is over."""
+        if self.state is None:
+            return start
+        return end if self.state["stop"] else max(start, self.state["epoch"])
+
+    def on_train_begin(self, logs=None):
+        write_history(self.history_path, self.history)  # drops rows of an uncommitted epoch
+        state = self.state
+        if state is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.folder / state["weights"])
+        es = state["early_stopping"]
+        self.es.wait, self.es.best, self.es.best_epoch = es["wait"], es["best"], es["best_epoch"]
+        self.es.stopped_epoch = es["stopped_epoch"]
+        if es["best_weights"]:
+            with np.load(self.folder / es["best_weights"]) as f:
+                self.es.best_weights = [f[f"w{i}"] for i in range(len(f.files))]
+        if self.rlr is not None:
+            rlr = state["reduce_lr"]
+            self.rlr.wait, self.rlr.best = rlr["wait"], rlr["best"]
+            self.rlr.cooldown_counter = rlr["cooldown"]
+        self.ckpt.best = state["checkpoint_best"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        done = epoch + 1
+        weights = f"epoch-{done}.weights.h5"
+        self.model.save_weights(self.folder / weights, overwrite=True)
+        es_best = self.state["early_stopping"]["best_weights"] if self.state else None
+        if self.es.best_weights is not None and self.es.best_epoch == epoch:
+            es_best = f"es_best-{done}.npz"
+            with open(self.folder / es_best, "wb") as f:  # np.savez(path) would add ".npz"
+                np.savez(f, **{f"w{i}": w for i, w in enumerate(self.es.best_weights)})
+        self.history.append({"epoch": epoch, **{k: _num(v) for k, v in (logs or {}).items()}})
+        state = {
+            "epoch": done,
+            "weights": weights,
+            "stop": bool(self.model.stop_training),
+            "early_stopping": {
+                "wait": self.es.wait,
+                "best": _num(self.es.best),
+                "best_epoch": self.es.best_epoch,
+                "stopped_epoch": self.es.stopped_epoch,
+                "best_weights": es_best,
+            },
+            "reduce_lr": None
+            if self.rlr is None
+            else {
+                "wait": self.rlr.wait,
+                "best": _num(self.rlr.best),
+                "cooldown": self.rlr.cooldown_counter,
+            },
+            "checkpoint_best": _num(self.ckpt.best),
+            "history": self.history,
+        }
+        write_text(self.folder / STATE, json.dumps(state))  # the commit
+        self.state = state
+        keep = {STATE, weights, es_best}
+        for path in self.folder.iterdir():
+            if path.name not in keep:
+                path.unlink()
+        write_history(self.history_path, self.history)
+
+
+def _num(x):
+    return None if x is None else float(x)
