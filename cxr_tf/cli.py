@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 BAD_INPUT = 2  # exit status of every cxr_tf command for bad input; 1 is "ran, some items failed"
 
@@ -42,9 +43,10 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     libraries each start absl logging): "WARNING: All log messages before absl::InitializeLog()
     ...", "oneDNN custom operations are on ..." and the CPU-feature notice; TF_CPP_MIN_LOG_LEVEL
     does not reach the oneDNN line, and TF_ENABLE_ONEDNN_OPTS=0 would change the numerics, so
-    the import runs with file descriptor 2 sent to a temporary file (replayed if the import
-    fails). (2) C++ messages at run time, such as libjpeg's `E0000 ... Premature end of JPEG
-    data` before predict's own line about the file: TF_CPP_MIN_LOG_LEVEL=3. (3) Python-side
+    the import runs with file descriptor 2 sent through a filter that drops those known lines
+    and passes every other one on at once (a fatal error or a crash still shows). (2) C++
+    messages at run time, such as libjpeg's `E0000 ... Premature end of JPEG data` before
+    predict's own line about the file: TF_CPP_MIN_LOG_LEVEL=3. (3) Python-side
     `tensorflow` and `absl` loggers: errors only. An explicit TF_CPP_MIN_LOG_LEVEL is replaced;
     `--verbose` leaves everything as TensorFlow has it.
 
@@ -98,22 +100,28 @@ class _QuietLoader:
         return self.inner.create_module(spec)
 
     def exec_module(self, module):
-        import tempfile
-
         if self.finder in sys.meta_path:  # one shot: tensorflow is being imported now
             sys.meta_path.remove(self.finder)
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile() as captured:
-            os.dup2(captured.fileno(), 2)
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            read_end, write_end = os.pipe()
+        except (OSError, AttributeError, ValueError):  # no usable fd 2: import as it is
+            self.inner.exec_module(module)
+        else:
+            # fd 2 into a pipe whose reader passes every line on at once but the known start-up
+            # ones: a fatal message or a crash during the import still shows
+            reader = threading.Thread(target=_drop_startup_lines, args=(read_end, saved))
+            reader.start()
+            os.dup2(write_end, 2)
+            os.close(write_end)
             try:
                 self.inner.exec_module(module)
-            except BaseException:
-                _restore(saved)
-                captured.seek(0)
-                sys.stderr.write(captured.read().decode(errors="replace"))  # why it failed
-                raise
-            _restore(saved)
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)  # closes the pipe's last write end: the reader ends
+                reader.join(timeout=10)
+                os.close(saved)
         module.__loader__ = self.inner
         if module.__spec__ is not None:
             module.__spec__.loader = self.inner
@@ -125,10 +133,28 @@ class _QuietLoader:
         return getattr(self.inner, name)
 
 
-def _restore(saved: int) -> None:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
+# What `import tensorflow` prints on every start, with nothing for a user to do about it.
+_STARTUP_LINES = (
+    b"All log messages before absl::InitializeLog() is called",
+    b"oneDNN custom operations are on",
+    b"cpu_feature_guard.cc",
+    b"To enable the following instructions:",
+    b"Unable to register cuDNN factory",
+    b"Unable to register cuFFT factory",
+    b"Unable to register cuBLAS factory",
+    b"computation placer already registered",
+    b"TF-TRT Warning: Could not find TensorRT",
+)
+
+
+def _drop_startup_lines(read_end: int, out: int) -> None:
+    with os.fdopen(read_end, "rb") as lines:
+        for line in lines:
+            if not any(known in line for known in _STARTUP_LINES):
+                try:
+                    os.write(out, line)
+                except OSError:
+                    return
 
 
 if os.environ.get(QUIET_ENV) == "1":  # a process started by a quiet cxr_tf command

@@ -112,7 +112,11 @@ def export_model(model_path, out_dir, *, thresholds_file=None) -> Path:
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"export in a TensorFlow process failed:\n{proc.stderr[-2000:]}")
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(
+                f"export in a TensorFlow process failed ({last}); rerun "
+                f"`python {' '.join(cmd[1:])} --verbose` to see all of it"
+            )
         return out_dir
     from cxr_tf.models import load_model
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
+from cxr_tf import storage
+
 THRESHOLD_RULES = ("youden", "max_f1", "sensitivity=S", "fixed=T")
 
 
@@ -94,7 +96,8 @@ def save_thresholds(
     threshold is a stand-in (`no_positives`, `no_negatives`: the `source` split had none, so
     nothing was chosen). `notes` defaults to those of `choose_thresholds`' result."""
     notes = notes if notes is not None else getattr(thresholds, "notes", [None] * len(thresholds))
-    Path(path).write_text(
+    storage.write_text(
+        path,
         json.dumps(
             {
                 "label_names": list(label_names),
@@ -111,7 +114,7 @@ def save_thresholds(
                 },
             },
             indent=2,
-        )
+        ),
     )
 
 

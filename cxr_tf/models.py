@@ -191,7 +191,7 @@ class RandomAugment(layers.Layer):
         return (input_shape[0], None, None, input_shape[3])
 
     # Keras saves a layer's weights, not its seed generators: without these two, a run resumed
-    # by BackupAndRestore would draw other augmentations than an uninterrupted one.
+    # by the backup (`resume.EpochCommit`) would draw other augmentations than an uninterrupted one.
     def save_own_variables(self, store):
         store["seed_state"] = self.seed_generator.state.numpy()
 

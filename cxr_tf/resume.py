@@ -14,12 +14,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from cxr_tf.storage import save_model, write_text
+from cxr_tf.storage import replace, sync, write_text
 
 STATE = "state.json"
 
@@ -47,11 +48,16 @@ def write_history(path, rows: list[dict]) -> None:
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the model to `path` whenever `monitor` improves on `best` (atomically)."""
+    """Keeps the model at `path` as the best by `monitor` so far (above `best`, if given).
 
-    def __init__(self, path, monitor: str, mode: str, best: float | None = None):
+    An improving epoch's model goes to `pending_dir` first and replaces `path` only once the
+    epoch is committed (`EpochCommit` calls `promote`), so `best.keras` never runs ahead of the
+    state a rerun resumes from."""
+
+    def __init__(self, path, monitor: str, mode: str, best: float | None, pending_dir):
         super().__init__()
         self.path, self.monitor, self.mode, self.best = Path(path), monitor, mode, best
+        self.pending_dir, self.pending = Path(pending_dir), None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -60,7 +66,16 @@ class BestCheckpoint(keras.callbacks.Callback):
         value = float(value)
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             self.best = value
-            save_model(self.model, self.path)
+            self.pending_dir.mkdir(parents=True, exist_ok=True)
+            self.pending = self.pending_dir / f"best-{epoch + 1}.keras"
+            self.model.save(self.pending)
+            sync(self.pending)
+
+    def promote(self) -> None:
+        """Put the committed best model in place."""
+        if self.pending is not None and self.pending.is_file():
+            replace(self.pending, self.path)
+        self.pending = None
 
 
 class EpochCommit(keras.callbacks.Callback):
@@ -115,6 +130,9 @@ class EpochCommit(keras.callbacks.Callback):
             self.rlr.wait, self.rlr.best = rlr["wait"], rlr["best"]
             self.rlr.cooldown_counter = rlr["cooldown"]
         self.ckpt.best = state["checkpoint_best"]
+        if state["best_pending"]:  # committed, but stopped before it was put in place
+            self.ckpt.pending = self.folder / state["best_pending"]
+            self.ckpt.promote()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -124,11 +142,14 @@ class EpochCommit(keras.callbacks.Callback):
         done = epoch + 1
         weights = f"epoch-{done}.weights.h5"
         self.model.save_weights(self.folder / weights, overwrite=True)
+        sync(self.folder / weights)
         es_best = self.state["early_stopping"]["best_weights"] if self.state else None
         if self.es.best_weights is not None and self.es.best_epoch == epoch:
             es_best = f"es_best-{done}.npz"
             with open(self.folder / es_best, "wb") as f:  # np.savez(path) would add ".npz"
                 np.savez(f, **{f"w{i}": w for i, w in enumerate(self.es.best_weights)})
+                f.flush()
+                os.fsync(f.fileno())
         self.history.append({"epoch": epoch, **{k: _num(v) for k, v in (logs or {}).items()}})
         state = {
             "epoch": done,
@@ -149,10 +170,12 @@ class EpochCommit(keras.callbacks.Callback):
                 "cooldown": self.rlr.cooldown_counter,
             },
             "checkpoint_best": _num(self.ckpt.best),
+            "best_pending": self.ckpt.pending.name if self.ckpt.pending else None,
             "history": self.history,
         }
         write_text(self.folder / STATE, json.dumps(state))  # the commit
         self.state = state
+        self.ckpt.promote()
         keep = {STATE, weights, es_best}
         for path in self.folder.iterdir():
             if path.name not in keep:

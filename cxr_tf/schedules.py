@@ -1,7 +1,7 @@
 """Each stage's learning rate and optimizer: the rate scaled to the global batch, a linear warm-up
 where that raises it, then ReduceLROnPlateau or a cosine decay, and optionally a moving average
 of the weights (EMA). All of it resumes exactly: where a schedule is comes from the optimizer's
-step counter, which BackupAndRestore restores. Used by `trainer.train`.
+step counter, which the backup (`resume.EpochCommit`) restores. Used by `trainer.train`.
 """
 
 from __future__ import annotations
@@ -157,8 +157,8 @@ class _LinearWarmup(keras.callbacks.Callback):
     config's rate to the scaled one over `warmup_steps`, then leaves the scaled rate (a variable,
     not a LearningRateSchedule) to ReduceLROnPlateau. Batch callbacks run once per execution, so
     the rate changes every `steps_per_execution` steps: an execution's first step's rate holds
-    for all of it. Stateless: the step counter, which BackupAndRestore restores, says where the
-    warm-up is, so a resumed run ramps as an uninterrupted one."""
+    for all of it. Stateless: the step counter, which the backup (`resume.EpochCommit`)
+    restores, says where the warm-up is, so a resumed run ramps as an uninterrupted one."""
 
     def __init__(self, schedule: StageSchedule):
         super().__init__()

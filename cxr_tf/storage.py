@@ -1,6 +1,7 @@
 """Writing a run's files so that an interruption at any instant leaves the old file or the new
-one, never part of one: each is written under a temporary name in the same folder and renamed
-into place (a rename within a file system is atomic). Imports neither TensorFlow nor Keras."""
+one, never part of one: each is written under a temporary name in the same folder, flushed to
+disk, and renamed into place (a rename within a file system is atomic; the flush keeps the order
+of writes across a power loss, as on a preempted VM). Imports neither TensorFlow nor Keras."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ def write_text(path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    replace(tmp, path)
 
 
 def save_model(model, path) -> None:
@@ -21,4 +25,24 @@ def save_model(model, path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
-    os.replace(tmp, path)
+    sync(tmp)
+    replace(tmp, path)
+
+
+def sync(path) -> None:
+    """Flush a file written by another library (h5py, Keras) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace(src, dst) -> None:
+    """Rename `src` to `dst` atomically, and flush the folder so that the rename lasts."""
+    os.replace(src, dst)
+    fd = os.open(Path(dst).parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

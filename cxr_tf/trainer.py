@@ -154,6 +154,27 @@ def _check_workdir(workdir: Path, cfg) -> bool:
     return (workdir / "done.json").is_file()
 
 
+def _check_same_plan(workdir: Path, global_batch: int, steps: int, per_execution: int) -> None:
+    """An unfinished run resumes only on the plan it started with: its saved optimizer state,
+    learning-rate schedule and the batches a resumed epoch skips all count in those steps."""
+    saved = workdir / "runtime.json"
+    if not (saved.is_file() and (workdir / "backup").is_dir()):
+        return
+    before = json.loads(saved.read_text())
+    now = {
+        "global_batch": global_batch,
+        "steps_per_epoch": steps,
+        "steps_per_execution": per_execution,
+    }
+    diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+    if diff:
+        said = ", ".join(f"{k} {a} then, {b} here" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{workdir} holds an unfinished run planned for other hardware ({said}); resume it "
+            "where it started (same devices and batch_size), or pick a new --workdir"
+        )
+
+
 def train(
     cfg: config_lib.Config,
     data_dir,
@@ -211,6 +232,7 @@ def train(
         + (f"; weights averaged (EMA {cfg.ema})" if cfg.ema else "")
     )
     _print_steps_per_execution(runtime, steps_per_execution)
+    _check_same_plan(workdir, runtime.global_batch, steps, steps_per_execution)
 
     # ---- model
     precision = cfg.mixed_precision
@@ -294,7 +316,7 @@ def train(
             restore_best_weights=True,
         )
         rate_callbacks, reduce_lr = schedules.lr_callbacks(cfg, plans[k], mode)
-        checkpoint = resume.BestCheckpoint(best_path, cfg.monitor, mode, best_value)
+        checkpoint = resume.BestCheckpoint(best_path, cfg.monitor, mode, best_value, stage_dir)
         commit = resume.EpochCommit(
             stage_dir, workdir / "history.csv", history, early, reduce_lr, checkpoint
         )
@@ -312,7 +334,8 @@ def train(
             cfg,
             "train",
             training=True,
-            skip_batches=(resume_at - start_epoch) * steps,
+            # a finished stage only runs fit's end: no need to read past its data
+            skip_batches=(resume_at - start_epoch) * steps if resume_at < end_epoch else 0,
         )
         _check_step_memory(model, runtime, cfg, train_ds)
         callbacks = [

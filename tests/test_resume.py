@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.slow
 
 # The CLI with its writes counted: at the Nth (an os.replace, which cxr_tf.storage and the
 # exporter use to put a finished file in place, or a Keras save_weights, which the backup
-# writes in place), the process kills itself; "mid" first cuts the file written to half.
+# writes in place), the process kills itself; "mid" first cuts the file written to half;
+# "sigint" is Ctrl-C instead, at that moment.
 KILL_AT_WRITE = """
 import os, signal, sys
 n, mode = int(os.environ["KILL_AT_WRITE"]), os.environ["KILL_MODE"]
@@ -39,7 +41,9 @@ count = 0
 def hit(path):
     global count
     count += 1
-    if count == n:
+    if count == n and mode == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)
+    elif count == n:
         if mode == "mid" and os.path.isfile(path):
             os.truncate(path, os.path.getsize(path) // 2)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -57,6 +61,12 @@ os.replace, keras.Model.save_weights = patched_replace, patched_save_weights
 from cxr_tf.train import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def _rng():
+    """A seeded generator: RESUME_TEST_SEED=N repeats a failure's moments."""
+    seed = int(os.environ.get("RESUME_TEST_SEED", random.randrange(10**6)))
+    return seed, random.Random(seed)
 
 
 def _cli(data, workdir):
@@ -108,9 +118,7 @@ def reference(pneumonia_data, tmp_path_factory):
 def test_sigkill_at_random_moments_then_resume(pneumonia_data, reference, tmp_path):
     ref, seconds = reference
     workdir = tmp_path / "run"
-    rng = random.Random()
-    seed = rng.randrange(10**6)
-    rng.seed(seed)
+    seed, rng = _rng()
     offsets = []
     for _ in range(6):
         offsets.append(round(rng.uniform(3.0, seconds + 2.0), 1))
@@ -135,9 +143,7 @@ def test_sigkill_at_random_moments_then_resume(pneumonia_data, reference, tmp_pa
 def test_sigkill_inside_writes_then_resume(pneumonia_data, reference, tmp_path):
     ref, _ = reference
     workdir = tmp_path / "run"
-    rng = random.Random()
-    seed = rng.randrange(10**6)
-    rng.seed(seed)
+    seed, rng = _rng()
     kills = []
     for _ in range(12):
         kills.append((rng.randint(1, 8), rng.choice(["mid", "before-rename"])))
@@ -153,25 +159,20 @@ def test_sigkill_inside_writes_then_resume(pneumonia_data, reference, tmp_path):
     _assert_same_run(workdir, ref)
 
 
-def test_ctrl_c_prints_one_line_and_the_rerun_resumes(pneumonia_data, reference, tmp_path):
-    ref, seconds = reference
+@pytest.mark.parametrize("at_write", [3, 9])
+def test_ctrl_c_prints_one_line_and_the_rerun_resumes(
+    pneumonia_data, reference, tmp_path, at_write
+):
+    """Ctrl-C inside a save, in the first epoch's commit (write 3) and a later one."""
+    ref, _ = reference
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cxr_tf.train", *_cli(pneumonia_data, workdir)]
-    proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    for line in proc.stdout:  # Ctrl-C once the first epoch has started
-        if line.startswith("Epoch 1/"):
-            break
-    time.sleep(min(2.0, seconds / 10))
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-3000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted in epoch ") and last.endswith(
-        "of 4; run the same command to resume"
-    ), err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
+    cmd = [sys.executable, "-c", KILL_AT_WRITE, *_cli(pneumonia_data, workdir)]
+    env = _env(KILL_AT_WRITE=str(at_write), KILL_MODE="sigint")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"interrupted in epoch [1-4] of 4; run the same command to resume", last)
     proc = _train(pneumonia_data, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(workdir, ref)
@@ -199,7 +200,7 @@ def test_a_stage_stopped_early_is_not_trained_again(tmp_path):
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
         model.compile(optimizer=keras.optimizers.SGD(3.0), loss="mse")
         es = keras.callbacks.EarlyStopping("loss", patience=1, restore_best_weights=True)
-        ckpt = resume.BestCheckpoint(tmp_path / "best.keras", "loss", "min")
+        ckpt = resume.BestCheckpoint(tmp_path / "best.keras", "loss", "min", None, tmp_path / "b")
         commit = resume.EpochCommit(tmp_path / "backup", tmp_path / "h.csv", [], es, None, ckpt)
         return model, [ckpt, es, commit], commit
 
@@ -218,3 +219,15 @@ def test_a_stage_stopped_early_is_not_trained_again(tmp_path):
         np.testing.assert_array_equal(a, b)
     with open(tmp_path / "h.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
+
+
+def test_an_unfinished_run_resumes_only_on_its_own_plan(tmp_path):
+    from cxr_tf.trainer import _check_same_plan
+
+    plan = {"global_batch": 32, "steps_per_epoch": 10, "steps_per_execution": 5}
+    (tmp_path / "runtime.json").write_text(json.dumps(plan))
+    _check_same_plan(tmp_path, 256, 10, 5)  # no backup: a finished or new run, nothing to resume
+    (tmp_path / "backup").mkdir()
+    _check_same_plan(tmp_path, 32, 10, 5)
+    with pytest.raises(ValueError, match=r"\(global_batch 32 then, 256 here\); resume it where it"):
+        _check_same_plan(tmp_path, 256, 10, 5)
