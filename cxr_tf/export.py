@@ -75,6 +75,16 @@ def label_info(num_outputs: int, thresholds_file=None) -> tuple[list[str], list[
     return [f"class_{i}" for i in range(num_outputs)], [0.5] * num_outputs, "default 0.5"
 
 
+def stand_ins_for(num_outputs: int, thresholds_file=None) -> list[str | None]:
+    """Per class, why its threshold is a stand-in ("no positives"/"no negatives" in the split
+    that chose them), else None; all None without a thresholds.json."""
+    from cxr_tf.metrics import load_thresholds, stand_in_notes
+
+    if not thresholds_file:
+        return [None] * num_outputs
+    return stand_in_notes(load_thresholds(thresholds_file))
+
+
 def calibration_for(num_outputs: int, thresholds_file=None):
     """The `cxr_tf.calibration.Calibration` a thresholds.json carries (identity without one)."""
     from cxr_tf.calibration import Calibration
@@ -181,6 +191,7 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
                 "label_names": names,
                 "thresholds": thresholds,
                 "source": source,
+                "stand_ins": stand_ins_for(len(names), thresholds_file),
                 "calibration": calibrator.to_dict(),
             },
             indent=2,

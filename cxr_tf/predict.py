@@ -100,6 +100,7 @@ class Predictor:
             find_thresholds,
             label_info,
             missing_metadata,
+            stand_ins_for,
         )
 
         path = Path(model_path).expanduser()
@@ -120,6 +121,7 @@ class Predictor:
             self.serving = tf.saved_model.load(str(path)).signatures["serving_default"]
             meta = json.loads((path / "assets" / LABELS_ASSET).read_text())
             self.label_names, self.thresholds = meta["label_names"], meta["thresholds"]
+            self.stand_ins = meta.get("stand_ins") or [None] * len(self.thresholds)
             keras_asset = path / "assets" / MODEL_ASSET
             self.keras_path = keras_asset if keras_asset.is_file() else None
         elif path.is_file() and path.suffix == ".keras":
@@ -132,6 +134,7 @@ class Predictor:
                 model.output_shape[-1], thresholds_file
             )
             self.calibration = calibration_for(model.output_shape[-1], thresholds_file)
+            self.stand_ins = stand_ins_for(model.output_shape[-1], thresholds_file)
         else:
             raise FileNotFoundError(
                 f"--model {str(model_path)!r} is not a SavedModel folder, a .keras file or a run "
@@ -216,6 +219,7 @@ def predict_files(
                 "probability": float(probs[i]),
                 "threshold": float(predictor.thresholds[i]),
                 "positive": bool(probs[i] >= predictor.thresholds[i]),
+                "stand_in": predictor.stand_ins[i],  # why the threshold was not chosen, or None
             }
             for i in order
         ]
@@ -259,6 +263,8 @@ def format_result(r: Result) -> str:
     lines = [f"{r.file}:"]
     for f in r.findings:
         mark = "POSITIVE" if f["positive"] else "negative"
+        if f.get("stand_in"):  # e.g. "no positives": the threshold is 0.5, not a chosen one
+            mark += f"; stand-in threshold: {f['stand_in']} in validation"
         lines.append(
             f"  {f['name']:<20} {f['probability']:6.3f}  (threshold {f['threshold']:.3f}, {mark})"
         )

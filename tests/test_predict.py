@@ -212,3 +212,22 @@ def test_the_command_line_is_quiet_unless_verbose(tmp_path):
     assert [line.split(":")[0] for line in quiet.stderr.splitlines()] == ["warning"]
     chatter = _tf_chatter(verbose.stderr)
     assert any("Premature end of JPEG data" in line for line in chatter), verbose.stderr
+
+
+def test_a_stand_in_threshold_is_flagged(trained_run, image_folder, tmp_path, capsys):
+    """A class whose validation split had no positives keeps 0.5, and predict says so, from a
+    run folder and from the SavedModel exported with that thresholds.json."""
+    from cxr_tf.export import export_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_run / "best.keras", run / "best.keras")
+    saved = json.loads((trained_run / "thresholds.json").read_text())
+    saved |= {"thresholds": [0.5], "no_positives": saved["label_names"]}
+    (run / "thresholds.json").write_text(json.dumps(saved))
+    export_model(run / "best.keras", run / "saved_model", thresholds_file=run / "thresholds.json")
+    one = next(image_folder.glob("PNEUMONIA_*"))
+    for model in (run, run / "saved_model"):
+        assert main(["--model", str(model), str(one)]) == 0
+        assert "(threshold 0.500, " in (out := capsys.readouterr().out)
+        assert "stand-in threshold: no positives in validation)" in out, out
