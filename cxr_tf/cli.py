@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
-import threading
 
 BAD_INPUT = 2  # exit status of every cxr_tf command for bad input; 1 is "ran, some items failed"
 
@@ -105,22 +106,27 @@ class _QuietLoader:
         try:
             sys.stderr.flush()
             saved = os.dup(2)
-            read_end, write_end = os.pipe()
+            # fd 2 into a filter process that passes every line on at once but the known
+            # start-up ones; a process, not a thread, so that what TensorFlow prints before a
+            # crash (an abort, a segfault) still reaches the terminal
+            drop = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _FILTER, *map(repr, _STARTUP_LINES)],
+                stdin=subprocess.PIPE,
+                stdout=saved,
+            )
         except (OSError, AttributeError, ValueError):  # no usable fd 2: import as it is
             self.inner.exec_module(module)
         else:
-            # fd 2 into a pipe whose reader passes every line on at once but the known start-up
-            # ones: a fatal message or a crash during the import still shows
-            reader = threading.Thread(target=_drop_startup_lines, args=(read_end, saved))
-            reader.start()
-            os.dup2(write_end, 2)
-            os.close(write_end)
+            os.dup2(drop.stdin.fileno(), 2)
             try:
                 self.inner.exec_module(module)
             finally:
                 sys.stderr.flush()
-                os.dup2(saved, 2)  # closes the pipe's last write end: the reader ends
-                reader.join(timeout=10)
+                os.dup2(saved, 2)
+                drop.stdin.close()  # the filter reads to the end, then exits
+                # (a child the import started may hold the pipe open: do not wait for it)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    drop.wait(timeout=10)
                 os.close(saved)
         module.__loader__ = self.inner
         if module.__spec__ is not None:
@@ -147,14 +153,13 @@ _STARTUP_LINES = (
 )
 
 
-def _drop_startup_lines(read_end: int, out: int) -> None:
-    with os.fdopen(read_end, "rb") as lines:
-        for line in lines:
-            if not any(known in line for known in _STARTUP_LINES):
-                try:
-                    os.write(out, line)
-                except OSError:
-                    return
+_FILTER = """import ast, sys
+known = [ast.literal_eval(a) for a in sys.argv[1:]]
+for line in sys.stdin.buffer:
+    if not any(k in line for k in known):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
 
 
 if os.environ.get(QUIET_ENV) == "1":  # a process started by a quiet cxr_tf command
