@@ -380,7 +380,9 @@ def train(
 
     # ---- thresholds, validation metrics, export
     if best_path.is_file():
-        model.load_weights(best_path)
+        with warnings.catch_warnings():  # a best model of an earlier stage: its optimizer differs
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(best_path)
     else:  # no epoch improved on the monitor's start value: keep the last weights
         storage.save_model(model, best_path)
     preds = inference.predict_split(
