@@ -55,10 +55,6 @@ class _ValLossWithoutPadding(keras.callbacks.Callback):
             logs["val_loss"] = float(logs["val_loss"]) * self.scale
 
 
-def _num(x):
-    return None if x is None else float(x)
-
-
 def plan_epoch(auto_steps: int, configured: int | None, steps_per_execution: int):
     """(steps per epoch, steps per execution) such that an epoch is whole executions.
 
@@ -373,7 +369,7 @@ def train(
                 f"interrupted in epoch {epoch + 1} of {cfg.total_epochs}; run the same command "
                 "to resume"
             ) from err
-        best_value, history = _num(checkpoint.best), commit.history
+        best_value, history = checkpoint.best, commit.history  # a float or None
         model.save_weights(stage_end)
         storage.write_text(stage_done, json.dumps({"best": best_value, "history": history}))
         start_epoch = end_epoch
