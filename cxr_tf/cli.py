@@ -14,8 +14,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     """What a training command reports as one line: bad values and files, a missing
     dependency, a distribution that cannot be set up here."""
     from cxr_tf.runtime import RuntimeErrorWithHint
+    from cxr_tf.storage import StorageError
 
-    return (ValueError, FileNotFoundError, ImportError, RuntimeErrorWithHint)
+    return (ValueError, FileNotFoundError, ImportError, RuntimeErrorWithHint, StorageError)
 
 
 def fail(message) -> int:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
+from cxr_tf import storage
 from cxr_tf.storage import write_text
 
 BALANCE_MODES = ("none", "class_weight", "oversample", "pos_weight")
@@ -369,7 +369,7 @@ def load(path, overrides: list[str] | None = None) -> Config:
     Every mistake is a one-line ValueError (FileNotFoundError for a missing file): a YAML
     syntax error gives the file, line and column.
     """
-    path = Path(path)
+    path = storage.path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist (see training/*.yaml)")
     text = path.read_text()

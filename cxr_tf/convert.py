@@ -22,8 +22,8 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_tf import images as image_ops
+from cxr_tf import storage
 from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 from cxr_tf.sources import SPLITS, SourceError, SourceImage
 
@@ -93,7 +94,7 @@ def dataset_module(name: str):
 
 def is_complete(dataset_dir: Path) -> bool:
     """True when `dataset_dir` holds a finished conversion (metadata is written last)."""
-    return (Path(dataset_dir) / "dataset_info.json").is_file()
+    return (storage.path(dataset_dir) / "dataset_info.json").is_file()
 
 
 def find_dataset_dir(data: Path, dataset: str | None = None) -> Path:
@@ -102,7 +103,7 @@ def find_dataset_dir(data: Path, dataset: str | None = None) -> Path:
     Raises FileNotFoundError naming what was looked for, and a distinct message when the folder
     holds an interrupted conversion.
     """
-    data = Path(data).expanduser()
+    data = storage.path(data)
     candidates = [data]
     names = [dataset] if dataset else list(DATASETS)
     for name in names:
@@ -266,12 +267,9 @@ def convert(
     start = time.perf_counter()
     module = _check_args(dataset, image_size, image_format, val_fraction, test_fraction, limit)
     workers = workers or os.cpu_count() or 1
+    out = storage.path(out)
     blocking = next(
-        (
-            q
-            for q in (Path(out).expanduser(), *Path(out).expanduser().parents)
-            if q.exists() and not q.is_dir()
-        ),
+        (q for q in (out, *(() if storage.is_url(out) else out.parents)) if q.is_file()),
         None,
     )
     if blocking is not None:
@@ -279,14 +277,14 @@ def convert(
             f"--out {str(out)!r}: {str(blocking)!r} is a file, not a folder; give a "
             "folder to write the TFRecords into (it is created)"
         )
-    out_dir = Path(out).expanduser() / dataset / VERSION
+    out_dir = out / dataset / VERSION
     if is_complete(out_dir):
         if not overwrite:
             raise FileExistsError(
                 f"{out_dir} already holds a complete {dataset} conversion; pass --overwrite to "
                 "replace it, or another --out."
             )
-        shutil.rmtree(out_dir)
+        storage.rmtree(out_dir)
 
     # The workers start now, while the source is scanned (see _Workers).
     with _Workers(workers) as pool:
@@ -358,7 +356,7 @@ def convert(
             examples_per_split=examples_per_split,
         )
         _write_metadata(module, out_dir, features, shards, markers, result, settings, str(source))
-        shutil.rmtree(progress_dir, ignore_errors=True)
+        storage.rmtree(progress_dir)
         return result
 
 
@@ -386,9 +384,9 @@ def _prepare_progress(out_dir: Path, plan_hash: str) -> Path:
             "starting it over.",
             file=sys.stderr,
         )
-        shutil.rmtree(out_dir)
+        storage.rmtree(out_dir)
     progress_dir.mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(plan_hash)
+    storage.write_text(plan_file, plan_hash)
     return progress_dir
 
 
@@ -408,7 +406,8 @@ def _write_shards(
     with bar:
         for shard in shards:
             name = shard.file_name(dataset)
-            tmp = out_dir / f"{name}.tmp"
+            # at a URL the object appears when its upload ends: written to its name at once
+            tmp = out_dir / (name if storage.is_url(out_dir) else f"{name}.tmp")
             examples, skipped = [], []
             with tf.io.TFRecordWriter(str(tmp)) as writer:
                 for im in shard.images:
@@ -425,16 +424,15 @@ def _write_shards(
                     }
                     writer.write(serialize(example))
                     examples.append(im.features)
-            os.replace(tmp, out_dir / name)
+            if tmp != out_dir / name:
+                os.replace(tmp, out_dir / name)
             marker = {
                 "num_examples": len(examples),
                 "num_bytes": (out_dir / name).stat().st_size,
                 "class_counts": dataset_module(dataset).class_counts(examples),
                 "skipped": skipped,
             }
-            tmp_marker = progress_dir / f"{name}.json.tmp"
-            tmp_marker.write_text(json.dumps(marker))
-            os.replace(tmp_marker, progress_dir / f"{name}.json")
+            storage.write_text(progress_dir / f"{name}.json", json.dumps(marker))
 
 
 def _write_metadata(module, out_dir, features, shards, markers, result, settings, source):
@@ -452,7 +450,7 @@ def _write_metadata(module, out_dir, features, shards, markers, result, settings
         "notes": result.notes,
         "seconds": round(result.seconds, 2),
     }
-    (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    storage.write_text(out_dir / REPORT_NAME, json.dumps(report, indent=2))
     split_infos = []
     for split in SPLITS:
         mine = [markers[s.file_name(module.NAME)] for s in shards if s.split == split]
@@ -478,15 +476,25 @@ def _write_metadata(module, out_dir, features, shards, markers, result, settings
         },
         **settings,
     )
-    tfds.folder_dataset.write_metadata(
-        data_dir=out_dir,
-        features=features,
-        split_infos=split_infos,
-        filename_template=None,
-        check_data=False,
-        description=f"cxr_tf conversion of {module.NAME} ({module.__doc__.splitlines()[0]})",
-        metadata=metadata,
-    )
+    with tempfile.TemporaryDirectory(prefix="cxr_tf-metadata-") as local:
+        # TFDS writes local folders and gs:// (not every scheme): written here, beside empty
+        # stand-ins for the shards (TFDS reads their names), then put in place with
+        # dataset_info.json, which marks the conversion complete, last
+        shard_names = {s.file_name(module.NAME) for s in shards}
+        for name in shard_names:
+            (Path(local) / name).touch()
+        tfds.folder_dataset.write_metadata(
+            data_dir=local,
+            features=features,
+            split_infos=split_infos,
+            filename_template=None,
+            check_data=False,
+            description=f"cxr_tf conversion of {module.NAME} ({module.__doc__.splitlines()[0]})",
+            metadata=metadata,
+        )
+        names = sorted(set(os.listdir(local)) - shard_names, key=lambda n: n == "dataset_info.json")
+        for name in names:
+            storage.write_bytes(out_dir / name, (Path(local) / name).read_bytes())
 
 
 def main(argv=None) -> int:
@@ -522,7 +530,13 @@ def main(argv=None) -> int:
             overwrite=args.overwrite,
             shard_mb=args.shard_mb,
         )
-    except (ValueError, SourceError, FileExistsError) as err:
+    except (
+        ValueError,
+        SourceError,
+        FileExistsError,
+        FileNotFoundError,
+        storage.StorageError,
+    ) as err:
         return fail(err)
     print(result.summary())
     return 0

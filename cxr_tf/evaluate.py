@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf import config as config_lib
-from cxr_tf import metrics
+from cxr_tf import metrics, storage
 from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 
 
 def resolve_model(path) -> Path:
     """A `.keras` file, or the `best.keras` of a run folder."""
-    path = Path(path).expanduser()
+    path = storage.path(path)
     if path.is_dir() and (path / "best.keras").is_file():
         return path / "best.keras"
     if path.is_file() and path.suffix == ".keras":
@@ -40,7 +40,7 @@ def resolve_model(path) -> Path:
 
 def default_out_dir(model_path, split: str) -> Path:
     """Where evaluation writes by default (the demo too): `<run folder>/eval_<split>`."""
-    return Path(model_path).parent / f"eval_{split}"
+    return storage.path(model_path).parent / f"eval_{split}"
 
 
 def fast_auroc(y: np.ndarray, p: np.ndarray) -> float:
@@ -106,7 +106,7 @@ def evaluate(
     if threshold_rule is not None:
         metrics.parse_threshold_rule(threshold_rule)  # a bad rule fails before any work
     model_path = resolve_model(model_path)
-    out_dir = Path(out_dir) if out_dir else default_out_dir(model_path, split)
+    out_dir = storage.path(out_dir) if out_dir else default_out_dir(model_path, split)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved_config = model_path.parent / "config.yaml"
     if dataset is None and saved_config.is_file():  # the dataset the run was trained on
@@ -171,7 +171,7 @@ def evaluate(
     )
     if info.task == "binary":
         result["confusion_matrix"] = _confusion(preds, thresholds, info.label_names)
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    storage.write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
     plot_names = info.label_names if info.task == "binary" else names
     _plots(
         preds, names, thresholds, result, out_dir, model, data_dir, split, info, gallery, plot_names
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
             bootstrap=args.bootstrap,
             threshold_rule=args.threshold_rule,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, storage.StorageError) as err:
         return fail(err)
     print(format_summary(r))
     return 0

@@ -22,8 +22,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from cxr_tf import storage
 from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 
 MODEL_ASSET = "model.keras"
@@ -32,7 +34,7 @@ LABELS_ASSET = "labels.json"
 
 def find_thresholds(model_path) -> Path | None:
     """thresholds.json of the run folder that holds `model_path`, if there is one."""
-    candidate = Path(model_path).expanduser().parent / "thresholds.json"
+    candidate = storage.path(model_path).parent / "thresholds.json"
     return candidate if candidate.is_file() else None
 
 
@@ -101,7 +103,7 @@ def export_model(model_path, out_dir, *, thresholds_file=None) -> Path:
     """
     import keras
 
-    model_path, out_dir = Path(model_path), Path(out_dir)
+    model_path, out_dir = storage.path(model_path), storage.path(out_dir)
     if not model_path.is_file():
         raise FileNotFoundError(f"model file {str(model_path)!r} does not exist")
     thresholds_file = thresholds_file or find_thresholds(model_path)
@@ -133,7 +135,7 @@ def export_model(model_path, out_dir, *, thresholds_file=None) -> Path:
     return _export_tf(load_model(model_path), model_path, out_dir, thresholds_file)
 
 
-def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
+def _export_tf(model, model_path, out_dir, thresholds_file):
     import keras
     import tensorflow as tf
 
@@ -179,26 +181,37 @@ def _export_tf(model, model_path: Path, out_dir: Path, thresholds_file) -> Path:
         fn=serve,
         input_signature=[tf.TensorSpec([None], tf.string, name="images")],
     )
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(str(tmp), verbose=False)
-    assets = tmp / "assets"
-    assets.mkdir(exist_ok=True)
-    model.save(assets / MODEL_ASSET)  # the float32 model, no optimizer state
-    (assets / LABELS_ASSET).write_text(
-        json.dumps(
-            {
-                "label_names": names,
-                "thresholds": thresholds,
-                "source": source,
-                "stand_ins": stand_ins_for(len(names), thresholds_file),
-                "calibration": calibrator.to_dict(),
-            },
-            indent=2,
+    # Written beside out_dir and renamed into place, so a half-written export never replaces a
+    # good one; at a URL, written locally and uploaded with saved_model.pb last.
+    remote = storage.is_url(out_dir)
+    staging = tempfile.mkdtemp(prefix="cxr_tf-export-") if remote else None
+    tmp = Path(staging, "saved_model") if remote else out_dir.with_name(out_dir.name + ".tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        archive.write_out(str(tmp), verbose=False)
+        assets = tmp / "assets"
+        assets.mkdir(exist_ok=True)
+        model.save(assets / MODEL_ASSET)  # the float32 model, no optimizer state
+        (assets / LABELS_ASSET).write_text(
+            json.dumps(
+                {
+                    "label_names": names,
+                    "thresholds": thresholds,
+                    "source": source,
+                    "stand_ins": stand_ins_for(len(names), thresholds_file),
+                    "calibration": calibrator.to_dict(),
+                },
+                indent=2,
+            )
         )
-    )
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)  # a half-written export never replaces a good one
+        if remote:
+            storage.upload_tree(tmp, out_dir, last="saved_model.pb")
+        else:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.replace(tmp, out_dir)
+    finally:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
@@ -213,7 +226,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         out = export_model(args.model, args.out, thresholds_file=args.thresholds)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, storage.StorageError) as err:
         return fail(err)
     print(f"Exported {args.model} -> {out} (serving_default: encoded image bytes -> probabilities)")
     return 0

@@ -16,11 +16,14 @@ is scaled to its own peak, so it shows where, not how strongly; the title gives 
 
 from __future__ import annotations
 
+import io
 import math
 import weakref
 
 import keras
 import numpy as np
+
+from cxr_tf import storage
 
 FEATURE_LAYER = "relu"
 
@@ -126,5 +129,7 @@ def figure(
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
     bar.set_label("Grad-CAM (relative)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()  # through cxr_tf.storage: the folder may be a URL
+    fig.savefig(buffer, dpi=120, format="png")
     plt.close(fig)
+    storage.write_bytes(path, buffer.getvalue())

@@ -72,7 +72,7 @@ def read_info(data_dir, dataset: str | None = None) -> DataInfo:
 
     Raises FileNotFoundError for a missing folder or an interrupted conversion.
     """
-    dataset_dir = find_dataset_dir(Path(data_dir), dataset)
+    dataset_dir = find_dataset_dir(data_dir, dataset)
     meta = json.loads((dataset_dir / "metadata.json").read_text())
     ds_info = json.loads((dataset_dir / "dataset_info.json").read_text())
     shard_lengths = {

@@ -7,7 +7,6 @@ evaluation, so both compute the same numbers the same way.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
@@ -128,7 +127,7 @@ def stand_in_notes(saved: dict) -> list[str | None]:
 
 def load_thresholds(path) -> dict:
     """Read a thresholds.json written by `save_thresholds`."""
-    data = json.loads(Path(path).read_text())
+    data = json.loads(storage.path(path).read_text())
     if "thresholds" not in data or "label_names" not in data:
         raise ValueError(f"{path} is not a cxr_tf thresholds file (no thresholds/label_names)")
     return data

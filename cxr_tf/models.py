@@ -217,10 +217,12 @@ def input_contract(model: keras.Model) -> InputContract:
 
 def load_model(path) -> keras.Model:
     """Load a `.keras` file saved by cxr_tf (this module registers its custom layers)."""
-    path = Path(path).expanduser()
+    from cxr_tf import storage
+
+    path = storage.path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    return keras.models.load_model(path, compile=False)
+    return keras.models.load_model(str(path), compile=False)
 
 
 def as_float32(model: keras.Model) -> keras.Model:

@@ -3,6 +3,7 @@ probability distributions, and a gallery of images with their true and predicted
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 
@@ -13,6 +14,8 @@ matplotlib.use("Agg")  # files only: works headless, in CI and on TPU VMs
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
+
+from cxr_tf import storage  # noqa: E402
 
 VALUE_Z = 5  # the gallery's value labels: above its bars (1) and threshold marks (VALUE_Z - 1)
 
@@ -50,8 +53,10 @@ def _layout(fig) -> None:
 
 def _save(fig, path):
     _layout(fig)
-    fig.savefig(path, dpi=130)  # a 4.2-inch panel: about 550 px
+    buffer = io.BytesIO()  # through cxr_tf.storage: the folder may be a URL
+    fig.savefig(buffer, dpi=130, format="png")  # a 4.2-inch panel: about 550 px
     plt.close(fig)
+    storage.write_bytes(path, buffer.getvalue())
 
 
 def roc_curves(labels, probs, names, result, path):

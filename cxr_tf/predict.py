@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tf import dicom
+from cxr_tf import dicom, storage
 from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm"}
@@ -103,7 +103,7 @@ class Predictor:
             stand_ins_for,
         )
 
-        path = Path(model_path).expanduser()
+        path = storage.path(model_path)
         if (
             path.is_dir()
             and (path / "best.keras").is_file()
@@ -224,7 +224,8 @@ def predict_files(
             for i in order
         ]
         if gradcam_dir is not None:
-            result.gradcam = _write_gradcams(predictor, data, path, order, probs, Path(gradcam_dir))
+            out = storage.path(gradcam_dir)
+            result.gradcam = _write_gradcams(predictor, data, path, order, probs, out)
         results.append(result)
     return results
 
@@ -288,7 +289,7 @@ def main(argv=None) -> int:
     try:
         predictor = Predictor(args.model)
         results = predict_files(predictor, args.images, top_k=args.top_k, gradcam_dir=args.gradcam)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, storage.StorageError) as err:
         return fail(err)
     if not results:
         return fail(f"no image files in {args.images}")

@@ -14,12 +14,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from pathlib import Path
 
 import keras
 import numpy as np
 
+from cxr_tf import storage
 from cxr_tf.storage import replace, sync, write_text
 
 STATE = "state.json"
@@ -31,7 +30,7 @@ class Interrupted(KeyboardInterrupt):
 
 def read_state(folder) -> dict | None:
     """The last committed state in a stage's backup folder, or None."""
-    path = Path(folder) / STATE
+    path = storage.path(folder) / STATE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -52,12 +51,14 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     An improving epoch's model goes to `pending_dir` first and replaces `path` only once the
     epoch is committed (`EpochCommit` calls `promote`), so `best.keras` never runs ahead of the
-    state a rerun resumes from."""
+    state a rerun resumes from. With several hosts only process 0 `writes`; the others keep
+    the best value alone."""
 
-    def __init__(self, path, monitor: str, mode: str, best: float | None, pending_dir):
+    def __init__(self, path, monitor, mode, best: float | None, pending_dir, writes: bool = True):
         super().__init__()
-        self.path, self.monitor, self.mode, self.best = Path(path), monitor, mode, best
-        self.pending_dir, self.pending = Path(pending_dir), None
+        self.path, self.monitor, self.mode, self.best = storage.path(path), monitor, mode, best
+        self.pending_dir, self.pending = storage.path(pending_dir), None
+        self.writes = writes
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -66,14 +67,16 @@ class BestCheckpoint(keras.callbacks.Callback):
         value = float(value)
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             self.best = value
+            if not self.writes:
+                return
             self.pending_dir.mkdir(parents=True, exist_ok=True)
             self.pending = self.pending_dir / f"best-{epoch + 1}.keras"
-            self.model.save(self.pending)
+            self.model.save(str(self.pending))
             sync(self.pending)
 
     def promote(self) -> None:
         """Put the committed best model in place."""
-        if self.pending is not None and self.pending.is_file():
+        if self.writes and self.pending is not None and self.pending.is_file():
             replace(self.pending, self.path)
         self.pending = None
 
@@ -91,11 +94,18 @@ class EpochCommit(keras.callbacks.Callback):
     `initial_epoch=resume_epoch`; a stage whose committed state says it is over is resumed with
     `initial_epoch == epochs`, so that `fit` only runs its end (early stopping's restore of the
     best weights, the averaged weights' final swap) as the uninterrupted run did.
+
+    With several hosts the folder is shared: only process 0 `writes`, and every host restores
+    from that one commit, so all resume at the same epoch and batch (the trainer checks that
+    they found the same one, `trainer._agree_on_resume`).
     """
 
-    def __init__(self, folder, history_path, history, early_stopping, reduce_lr, checkpoint):
+    def __init__(
+        self, folder, history_path, history, early_stopping, reduce_lr, checkpoint, writes=True
+    ):
         super().__init__()
-        self.folder, self.history_path = Path(folder), Path(history_path)
+        self.writes = writes
+        self.folder, self.history_path = storage.path(folder), storage.path(history_path)
         self.es, self.rlr, self.ckpt = early_stopping, reduce_lr, checkpoint
         self.state = read_state(self.folder)
         self.history = list(self.state["history"] if self.state else history)
@@ -112,18 +122,19 @@ class EpochCommit(keras.callbacks.Callback):
         return end if self.state["stop"] else max(start, self.state["epoch"])
 
     def on_train_begin(self, logs=None):
-        write_history(self.history_path, self.history)  # drops rows of an uncommitted epoch
+        if self.writes:
+            write_history(self.history_path, self.history)  # drops rows of an uncommitted epoch
         state = self.state
         if state is None:
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(self.folder / state["weights"])
+        self.model.load_weights(str(self.folder / state["weights"]))
         es = state["early_stopping"]
         self.es.wait, self.es.best, self.es.best_epoch = es["wait"], es["best"], es["best_epoch"]
         self.es.stopped_epoch = es["stopped_epoch"]
         if es["best_weights"]:
-            with np.load(self.folder / es["best_weights"]) as f:
+            with np.load(io.BytesIO((self.folder / es["best_weights"]).read_bytes())) as f:
                 self.es.best_weights = [f[f"w{i}"] for i in range(len(f.files))]
         if self.rlr is not None:
             rlr = state["reduce_lr"]
@@ -132,25 +143,28 @@ class EpochCommit(keras.callbacks.Callback):
         self.ckpt.best = state["checkpoint_best"]
         if state["best_pending"]:  # committed, but stopped before it was put in place
             self.ckpt.pending = self.folder / state["best_pending"]
-            self.ckpt.promote()
+            self.ckpt.promote()  # only where it writes
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        self.folder.mkdir(parents=True, exist_ok=True)
         done = epoch + 1
         weights = f"epoch-{done}.weights.h5"
-        self.model.save_weights(self.folder / weights, overwrite=True)
+        self.history.append({"epoch": epoch, **{k: _num(v) for k, v in (logs or {}).items()}})
+        if not self.writes:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_weights(str(self.folder / weights), overwrite=True)
         sync(self.folder / weights)
         es_best = self.state["early_stopping"]["best_weights"] if self.state else None
         if self.es.best_weights is not None and self.es.best_epoch == epoch:
             es_best = f"es_best-{done}.npz"
-            with open(self.folder / es_best, "wb") as f:  # np.savez(path) would add ".npz"
-                np.savez(f, **{f"w{i}": w for i, w in enumerate(self.es.best_weights)})
-                f.flush()
-                os.fsync(f.fileno())
-        self.history.append({"epoch": epoch, **{k: _num(v) for k, v in (logs or {}).items()}})
+            buffer = io.BytesIO()  # np.savez(path) would add ".npz"
+            np.savez(buffer, **{f"w{i}": w for i, w in enumerate(self.es.best_weights)})
+            with (self.folder / es_best).open("wb") as f:
+                f.write(buffer.getvalue())
+            sync(self.folder / es_best)
         state = {
             "epoch": done,
             "weights": weights,

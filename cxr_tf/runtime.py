@@ -166,6 +166,28 @@ class Runtime:
         }
         return json.dumps({**keep, **extra}, indent=2, default=str)
 
+    def host_values(self, value: int) -> list[int]:
+        """`value` as every host has it, in process order (a collective: every host calls it,
+        and none returns before all have; one host: `[value]`)."""
+        if self.num_processes == 1:
+            return [int(value)]
+        import numpy as np
+
+        if self.backend == "jax":
+            from jax.experimental import multihost_utils
+
+            return [int(v) for v in multihost_utils.process_allgather(np.int32(value))]
+        import tensorflow as tf
+
+        dist = self.tf_strategy
+        per_replica = dist.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant([float(value)])
+        )
+        values = dist.gather(per_replica, axis=0).numpy()
+        # one row per replica, the replicas of each worker in a row
+        per_host = len(values) // self.num_processes
+        return [int(v) for v in values[::per_host]]
+
     def scope(self):
         """The context the model must be built in (TF strategies), else a no-op."""
         import contextlib

@@ -1,37 +1,258 @@
-"""Writing a run's files so that an interruption at any instant leaves the old file or the new
-one, never part of one: each is written under a temporary name in the same folder, flushed to
-disk, and renamed into place (a rename within a file system is atomic; the flush keeps the order
-of writes across a power loss, as on a preempted VM). Imports neither TensorFlow nor Keras."""
+"""Every file cxr_tf reads or writes, on the local disk or at a URL (gs://, or any other scheme
+TensorFlow's file systems know: ram://, hdfs://, s3:// with tensorflow-io).
+
+`path(p)` gives a `pathlib.Path` for a local path and a `RemotePath` (the same methods, through
+`tf.io.gfile`) for a URL, so the code above never tests strings. A run's files are written so
+that an interruption at any instant leaves the old file or the new one, never part of one:
+locally each is written under a temporary name in the same folder, flushed to disk and renamed
+(a rename within a file system is atomic; the flush keeps the order of writes across a power
+loss, as on a preempted VM). An object store has no rename, but an object appears only when its
+upload has finished, so there the final object is written once; a folder (SavedModel, converted
+dataset) is uploaded with the file that marks it complete last. Imports neither TensorFlow nor
+Keras for local paths.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import posixpath
+import re
+import shutil
 from pathlib import Path
 
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# schemes a one-slash typo is caught for ("gs:/bucket/x" would otherwise be a local folder "gs:")
+_SCHEMES = ("gs", "gcs", "s3", "ram", "hdfs", "az", "abfs", "http", "https", "file")
+_TYPO = re.compile(rf"^({'|'.join(_SCHEMES)}):/*(?=[^/])", re.IGNORECASE)
 
-def write_text(path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
+
+class StorageError(OSError):
+    """A URL that cannot be reached: its message is one line naming it and what to check."""
+
+
+def is_url(p) -> bool:
+    return isinstance(p, RemotePath) or bool(_URL.match(str(p)))
+
+
+def path(p) -> Path | RemotePath:
+    """`p` (a str, Path or RemotePath) as a Path, or a RemotePath for a URL.
+
+    Raises ValueError for a URL typo such as 'gs:/bucket/x' (which pathlib would take for a
+    local folder named 'gs:')."""
+    if isinstance(p, RemotePath):
+        return p
+    text = os.fspath(p) if isinstance(p, os.PathLike) else str(p)
+    if _URL.match(text):
+        return RemotePath(text)
+    typo = _TYPO.match(text)
+    if typo:
+        scheme = typo.group(1)
+        fixed = f"{scheme}://{text[typo.end() :]}"
+        raise ValueError(f"{text!r} is not a URL (a {scheme}:// path needs two slashes): {fixed}")
+    return Path(text).expanduser()
+
+
+def _gfile():
+    from cxr_tf.deps import require_tensorflow
+
+    return require_tensorflow().io.gfile
+
+
+def _call(url: str, fn, *args):
+    """`fn(*args)`, TensorFlow's file-system errors made one-line StorageError/FileNotFoundError."""
+    import tensorflow as tf
+
+    try:
+        return fn(*args)
+    except tf.errors.NotFoundError as err:
+        raise FileNotFoundError(f"{url} does not exist ({_first_line(err)})") from None
+    except tf.errors.OpError as err:
+        hint = (
+            "check the bucket name, that this machine's credentials may use it (`gcloud auth "
+            "application-default login`, or the VM's service account) and the network"
+            if url.startswith(("gs://", "gcs://"))
+            else "check the URL and that TensorFlow has a file system for its scheme"
+        )
+        raise StorageError(
+            f"cannot use {url}: {type(err).__name__}: {_first_line(err)}; {hint}"
+        ) from None
+
+
+def _first_line(err) -> str:
+    message = getattr(err, "message", None) or str(err)
+    return " ".join(message.split())[:300]
+
+
+class _Stat:
+    def __init__(self, size: int):
+        self.st_size = size
+
+
+class RemotePath:
+    """A pathlib-like path at a URL, through `tf.io.gfile`: the methods cxr_tf uses of Path."""
+
+    def __init__(self, url: str):
+        scheme, rest = str(url).split("://", 1)
+        self._scheme = scheme
+        self._rest = "/".join(part for part in rest.split("/") if part)
+
+    # ---- the name
+    def __str__(self) -> str:
+        return f"{self._scheme}://{self._rest}"
+
+    def __repr__(self) -> str:
+        return f"RemotePath({str(self)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RemotePath) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __lt__(self, other) -> bool:
+        return str(self) < str(other)
+
+    def __truediv__(self, other) -> RemotePath:
+        return RemotePath(f"{self}/{other}")
+
+    @property
+    def name(self) -> str:
+        return self._rest.rsplit("/", 1)[-1] if "/" in self._rest else ""
+
+    @property
+    def suffix(self) -> str:
+        return posixpath.splitext(self.name)[1]
+
+    @property
+    def stem(self) -> str:
+        return posixpath.splitext(self.name)[0]
+
+    @property
+    def parent(self) -> RemotePath:
+        if "/" not in self._rest:
+            return self
+        return RemotePath(f"{self._scheme}://{self._rest.rsplit('/', 1)[0]}")
+
+    @property
+    def parents(self) -> list[RemotePath]:
+        out, p = [], self
+        while p.parent != p:
+            p = p.parent
+            out.append(p)
+        return out
+
+    def with_name(self, name: str) -> RemotePath:
+        return self.parent / name
+
+    def with_suffix(self, suffix: str) -> RemotePath:
+        return self.parent / (self.stem + suffix)
+
+    def expanduser(self) -> RemotePath:
+        return self
+
+    def resolve(self) -> RemotePath:
+        return self
+
+    absolute = resolve
+
+    # ---- the file system
+    def exists(self) -> bool:
+        return _call(str(self), _gfile().exists, str(self))
+
+    def is_dir(self) -> bool:
+        return _call(str(self), _gfile().isdir, str(self))
+
+    def is_file(self) -> bool:
+        return self.exists() and not self.is_dir()
+
+    def mkdir(self, mode=0o777, parents: bool = False, exist_ok: bool = False) -> None:
+        _call(str(self), _gfile().makedirs, str(self))
+
+    def open(self, mode: str = "r", **_):
+        return _call(str(self), _gfile().GFile, str(self), mode)
+
+    def read_bytes(self) -> bytes:
+        with self.open("rb") as f:
+            return _call(str(self), f.read)
+
+    def read_text(self, encoding=None) -> str:
+        return self.read_bytes().decode(encoding or "utf-8")
+
+    def write_bytes(self, data: bytes) -> None:
+        def write():
+            with _gfile().GFile(str(self), "wb") as f:
+                f.write(data)
+
+        _call(str(self), write)
+
+    def write_text(self, text: str, encoding=None) -> None:
+        self.write_bytes(text.encode(encoding or "utf-8"))
+
+    def iterdir(self):
+        for name in sorted(_call(str(self), _gfile().listdir, str(self))):
+            yield self / name.rstrip("/")
+
+    def glob(self, pattern: str) -> list[RemotePath]:
+        return sorted(RemotePath(p) for p in _call(str(self), _gfile().glob, f"{self}/{pattern}"))
+
+    def rglob(self, pattern: str) -> list[RemotePath]:
+        out = []
+        for folder, dirs, files in _call(str(self), lambda: list(_gfile().walk(str(self)))):
+            for name in (*dirs, *files):
+                if fnmatch.fnmatch(name.rstrip("/"), pattern):
+                    out.append(RemotePath(f"{folder}/{name.rstrip('/')}"))
+        return sorted(out)
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        if missing_ok and not self.exists():
+            return
+        _call(str(self), _gfile().remove, str(self))
+
+    def stat(self) -> _Stat:
+        return _Stat(_call(str(self), _gfile().stat, str(self)).length)
+
+
+def write_text(p, text: str) -> None:
+    """Write `text` to `p` so that it appears whole or not at all."""
+    write_bytes(p, text.encode())
+
+
+def write_bytes(p, data: bytes) -> None:
+    """Write `data` to `p` so that it appears whole or not at all (a temporary file and a
+    rename locally; one upload of the final object at a URL)."""
+    p = path(p)
+    if isinstance(p, RemotePath):
+        p.write_bytes(data)
+        return
+    tmp = p.with_name(f".{p.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    replace(tmp, path)
+    replace(tmp, p)
 
 
-def save_model(model, path) -> None:
-    """`model.save(path)` (a `.keras` file) through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
+def save_model(model, p) -> None:
+    """`model.save(p)` (a `.keras` file), whole or not at all (Keras uploads a URL's file in one
+    write)."""
+    p = path(p)
+    if isinstance(p, RemotePath):
+        model.save(str(p))
+        return
+    tmp = p.with_name(f".{p.stem}.tmp.keras")
     model.save(tmp)
     sync(tmp)
-    replace(tmp, path)
+    replace(tmp, p)
 
 
-def sync(path) -> None:
-    """Flush a file written by another library (h5py, Keras) to disk."""
-    fd = os.open(path, os.O_RDONLY)
+def sync(p) -> None:
+    """Flush a local file written by another library (h5py, Keras) to disk; a URL's objects are
+    durable once written."""
+    p = path(p)
+    if isinstance(p, RemotePath):
+        return
+    fd = os.open(p, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -39,10 +260,38 @@ def sync(path) -> None:
 
 
 def replace(src, dst) -> None:
-    """Rename `src` to `dst` atomically, and flush the folder so that the rename lasts."""
+    """Rename `src` to `dst`: atomically with the folder flushed locally; at a URL, a copy of the
+    finished object (itself atomic) and the source's removal."""
+    src, dst = path(src), path(dst)
+    if isinstance(dst, RemotePath) or isinstance(src, RemotePath):
+        _call(str(dst), _gfile().rename, str(src), str(dst), True)
+        return
     os.replace(src, dst)
     fd = os.open(Path(dst).parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def rmtree(p) -> None:
+    """Remove the folder `p` and everything in it, if it is there."""
+    p = path(p)
+    if isinstance(p, RemotePath):
+        if p.exists():
+            _call(str(p), _gfile().rmtree, str(p))
+        return
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def upload_tree(local: Path, dst, last: str) -> None:
+    """Copy the local folder `local` to the URL `dst` (replacing what is there), the file `last`
+    (the one that marks it complete) after every other."""
+    dst = path(dst)
+    rmtree(dst)
+    files = sorted(q for q in Path(local).rglob("*") if q.is_file())
+    files.sort(key=lambda q: q.relative_to(local).as_posix() == last)
+    for q in files:
+        target = dst / q.relative_to(local).as_posix()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(q.read_bytes())

@@ -14,9 +14,7 @@ command again resumes an interrupted run at its last finished epoch:
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -136,7 +134,7 @@ def _dataset(runtime: Runtime, data_dir, cfg, split: str, training: bool, **kw):
     return fn(None)
 
 
-def _check_workdir(workdir: Path, cfg) -> bool:
+def _check_workdir(workdir, cfg) -> bool:
     """True if `workdir` already holds this finished run; raises if it holds another run."""
     saved = workdir / "config.yaml"
     if saved.is_file():
@@ -150,7 +148,7 @@ def _check_workdir(workdir: Path, cfg) -> bool:
     return (workdir / "done.json").is_file()
 
 
-def _check_same_plan(workdir: Path, global_batch: int, steps: int, per_execution: int) -> None:
+def _check_same_plan(workdir, global_batch: int, steps: int, per_execution: int) -> None:
     """An unfinished run resumes only on the plan it started with: its saved optimizer state,
     learning-rate schedule and the batches a resumed epoch skips all count in those steps."""
     saved = workdir / "runtime.json"
@@ -185,11 +183,11 @@ def train(
     Raises ValueError for a config that does not fit the data, FileNotFoundError for a missing
     or incomplete data folder.
     """
-    workdir = Path(workdir)
-    if runtime.process_index > 0:
-        # Several hosts: process 0 owns the run folder; the others keep their copies (resume
-        # state, checkpoints) apart, so that hosts sharing a file system never write one file.
-        workdir = workdir / f"process-{runtime.process_index}"
+    workdir = storage.path(workdir)
+    # Several hosts share one run folder (a bucket or a shared file system): process 0 writes
+    # every file in it, and every host resumes from the one backup there.
+    writes = runtime.process_index == 0
+    _agree_on_resume(runtime, workdir, cfg)
     if _check_workdir(workdir, cfg):
         print(f"{workdir} holds a finished run; nothing to do (use a new --workdir to retrain)")
         return json.loads((workdir / "done.json").read_text())
@@ -251,21 +249,22 @@ def train(
         )
     # Written once the data and the config have proved usable, so a typo never claims (or
     # leaves behind) the run folder.
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, workdir / "config.yaml")
-    storage.write_text(
-        workdir / "runtime.json",
-        runtime.to_json(
-            learning_rates=learning_rates,
-            lr_rule=schedules.lr_rule(cfg.optimizer),
-            lr_reference_batch=cfg.lr_reference_batch,
-            lr_schedule=[s.to_dict() for s in plans],
-            ema=cfg.ema,
-            steps_per_epoch=steps,
-            steps_per_execution=steps_per_execution,
-            precision=precision,
-        ),
-    )
+    if writes:
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_lib.save(cfg, workdir / "config.yaml")
+        storage.write_text(
+            workdir / "runtime.json",
+            runtime.to_json(
+                learning_rates=learning_rates,
+                lr_rule=schedules.lr_rule(cfg.optimizer),
+                lr_reference_batch=cfg.lr_reference_batch,
+                lr_schedule=[s.to_dict() for s in plans],
+                ema=cfg.ema,
+                steps_per_epoch=steps,
+                steps_per_execution=steps_per_execution,
+                precision=precision,
+            ),
+        )
     pos_weight = input_pipeline.positive_weights(info) if cfg.loss == "weighted_bce" else None
 
     # ---- stages of fit
@@ -286,7 +285,7 @@ def train(
         if stage_done.is_file():  # finished before an interruption: skip to its end state
             state = json.loads(stage_done.read_text())
             best_value, history = state["best"], state["history"]
-            model.load_weights(stage_end)
+            model.load_weights(str(stage_end))
             start_epoch = end_epoch
             continue
         models.set_backbone_trainable(model, bool(stage.get("train_backbone", True)))
@@ -312,9 +311,11 @@ def train(
             restore_best_weights=True,
         )
         rate_callbacks, reduce_lr = schedules.lr_callbacks(cfg, plans[k], mode)
-        checkpoint = resume.BestCheckpoint(best_path, cfg.monitor, mode, best_value, stage_dir)
+        checkpoint = resume.BestCheckpoint(
+            best_path, cfg.monitor, mode, best_value, stage_dir, writes=writes
+        )
         commit = resume.EpochCommit(
-            stage_dir, workdir / "history.csv", history, early, reduce_lr, checkpoint
+            stage_dir, workdir / "history.csv", history, early, reduce_lr, checkpoint, writes
         )
         resume_at = commit.resume_epoch(start_epoch, end_epoch)
         if resume_at > start_epoch:
@@ -342,7 +343,7 @@ def train(
             checkpoint,
             early,
             *rate_callbacks,
-            keras.callbacks.TensorBoard(str(workdir / "tensorboard")),
+            *([keras.callbacks.TensorBoard(str(workdir / "tensorboard"))] if writes else []),
             commit,  # after every callback whose state it keeps
             *extra_callbacks,
         ]
@@ -370,16 +371,19 @@ def train(
                 "to resume"
             ) from err
         best_value, history = checkpoint.best, commit.history  # a float or None
-        model.save_weights(stage_end)
-        storage.write_text(stage_done, json.dumps({"best": best_value, "history": history}))
+        if writes:
+            model.save_weights(str(stage_end))
+            storage.write_text(stage_done, json.dumps({"best": best_value, "history": history}))
         start_epoch = end_epoch
+    runtime.host_values(0)  # every host waits here until process 0 has written best.keras
 
-    # ---- thresholds, validation metrics, export
+    # ---- thresholds, validation metrics, export: every host computes (the forward pass may
+    # span them), process 0 writes
     if best_path.is_file():
         with warnings.catch_warnings():  # a best model of an earlier stage: its optimizer differs
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(best_path)
-    else:  # no epoch improved on the monitor's start value: keep the last weights
+            model.load_weights(str(best_path))
+    elif writes:  # no epoch improved on the monitor's start value: keep the last weights
         storage.save_model(model, best_path)
     preds = inference.predict_split(
         model, data_dir, "validation", cfg.dataset, batch_size=runtime.global_batch
@@ -388,6 +392,23 @@ def train(
     probs, labels = calibrator.apply(preds.probs), preds.labels
     thresholds = metrics.choose_thresholds(probs, labels, cfg.threshold_rule)
     label_names = info.label_names if num_outputs > 1 else [info.label_names[1]]
+    val_metrics = metrics.summarize(probs, labels, thresholds, label_names)
+    val_metrics["ece"] = [
+        calibration.expected_calibration_error(labels[:, j], probs[:, j])
+        for j in range(probs.shape[1])
+    ]
+    summary = {
+        "workdir": str(workdir),
+        "best_model": str(best_path),
+        "monitor": cfg.monitor,
+        "best": best_value,
+        "val_auroc_mean": val_metrics["macro"]["auroc"],
+        "saved_model": None,
+        "runtime": json.loads(runtime.to_json()),
+    }
+    if not writes:
+        print(f"cxr_tf.train: process {runtime.process_index} done; process 0 writes {workdir}")
+        return summary
     metrics.save_thresholds(
         workdir / "thresholds.json",
         label_names,
@@ -396,28 +417,47 @@ def train(
         cfg.threshold_rule,
         calibrator,
     )
-    val_metrics = metrics.summarize(probs, labels, thresholds, label_names)
-    val_metrics["ece"] = [
-        calibration.expected_calibration_error(labels[:, j], probs[:, j])
-        for j in range(probs.shape[1])
-    ]
     storage.write_text(workdir / "val_metrics.json", json.dumps(val_metrics, indent=2))
-    export_dir = _export(best_path, workdir)
-    summary = {
-        "workdir": str(workdir),
-        "best_model": str(best_path),
-        "monitor": cfg.monitor,
-        "best": best_value,
-        "val_auroc_mean": val_metrics["macro"]["auroc"],
-        "saved_model": export_dir,
-        "runtime": json.loads(runtime.to_json()),
-    }
+    summary["saved_model"] = _export(best_path, workdir)
     storage.write_text(workdir / "done.json", json.dumps(summary, indent=2))
     # Resume state is only needed until done.json exists.
-    shutil.rmtree(workdir / "backup", ignore_errors=True)
+    storage.rmtree(workdir / "backup")
     for stage_end in workdir.glob("stage*_end.weights.h5"):
         stage_end.unlink()
     return summary
+
+
+def resume_point(workdir, cfg) -> int:
+    """How far the run in `workdir` has come, as this host sees it: the epochs committed to
+    its backup (0 for none), or -1 for a finished run."""
+    if (workdir / "done.json").is_file():
+        return -1
+    start = 0
+    for k, stage in enumerate(cfg.stages):
+        end = start + int(stage["epochs"])
+        if not (workdir / "backup" / f"stage{k + 1}.json").is_file():
+            state = resume.read_state(workdir / "backup" / f"stage{k + 1}")
+            return state["epoch"] if state else start
+        start = end
+    return start
+
+
+def _agree_on_resume(runtime: Runtime, workdir, cfg) -> None:
+    """Several hosts: stop, on every host, unless all see the run folder at the same point
+    (a folder on each host's own disk instead of a shared one, a host recreated without its
+    disk); resuming from different epochs would run different steps and hang the collectives."""
+    if runtime.num_processes == 1:
+        return
+    seen = runtime.host_values(resume_point(workdir, cfg))
+    if len(set(seen)) > 1:
+        said = ", ".join(
+            f"process {k}: " + ("finished" if v < 0 else f"{v} epochs done" if v else "no backup")
+            for k, v in enumerate(seen)
+        )
+        raise ValueError(
+            f"the hosts see {workdir} at different points ({said}); --workdir must be one folder "
+            "every host shares (gs://BUCKET/run or a shared file system), not a local disk"
+        )
 
 
 def fit_calibration(cfg, info, probs, labels) -> calibration.Calibration:
@@ -435,7 +475,7 @@ def fit_calibration(cfg, info, probs, labels) -> calibration.Calibration:
     return calibration.fit(probs, labels, offset)
 
 
-def _export(best_path: Path, workdir: Path) -> str | None:
+def _export(best_path, workdir) -> str | None:
     """The evaluation/export stage's SavedModel (image bytes in), from the best model."""
     from cxr_tf.export import export_model
 
