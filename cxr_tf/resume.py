@@ -11,9 +11,13 @@ unreadable, so the trainer uses these instead.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -46,6 +50,29 @@ def write_history(path, rows: list[dict]) -> None:
     write_text(path, out.getvalue())
 
 
+def save(model, path, writes: bool = True, weights: bool = False) -> None:
+    """`model.save(path)` (or `save_weights`) where this host `writes`; elsewhere into a scratch
+    file, dropped at once. Under JAX on several hosts, saving gathers the variables, a
+    collective every host must join in the same order, so every host saves."""
+    target = storage.path(path) if writes else _scratch() / storage.path(path).name
+    (model.save_weights if weights else model.save)(str(target))
+    if writes:
+        sync(target)
+    else:
+        target.unlink()
+
+
+def _scratch() -> Path:
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = Path(tempfile.mkdtemp(prefix="cxr_tf-scratch-"))
+        atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+    return _SCRATCH
+
+
+_SCRATCH = None
+
+
 class BestCheckpoint(keras.callbacks.Callback):
     """Keeps the model at `path` as the best by `monitor` so far (above `best`, if given).
 
@@ -67,12 +94,11 @@ class BestCheckpoint(keras.callbacks.Callback):
         value = float(value)
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             self.best = value
-            if not self.writes:
-                return
-            self.pending_dir.mkdir(parents=True, exist_ok=True)
-            self.pending = self.pending_dir / f"best-{epoch + 1}.keras"
-            self.model.save(str(self.pending))
-            sync(self.pending)
+            pending = self.pending_dir / f"best-{epoch + 1}.keras"
+            if self.writes:
+                self.pending_dir.mkdir(parents=True, exist_ok=True)
+                self.pending = pending
+            save(self.model, pending, self.writes)
 
     def promote(self) -> None:
         """Put the committed best model in place."""
@@ -152,11 +178,11 @@ class EpochCommit(keras.callbacks.Callback):
         done = epoch + 1
         weights = f"epoch-{done}.weights.h5"
         self.history.append({"epoch": epoch, **{k: _num(v) for k, v in (logs or {}).items()}})
+        if self.writes:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        save(self.model, self.folder / weights, self.writes, weights=True)
         if not self.writes:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_weights(str(self.folder / weights), overwrite=True)
-        sync(self.folder / weights)
         es_best = self.state["early_stopping"]["best_weights"] if self.state else None
         if self.es.best_weights is not None and self.es.best_epoch == epoch:
             es_best = f"es_best-{done}.npz"

@@ -66,7 +66,10 @@ def _call(url: str, fn, *args):
     try:
         return fn(*args)
     except tf.errors.NotFoundError as err:
-        raise FileNotFoundError(f"{url} does not exist ({_first_line(err)})") from None
+        detail = _first_line(err)  # often empty (ram://)
+        raise FileNotFoundError(
+            f"{url} does not exist" + (f" ({detail})" if detail else "")
+        ) from None
     except tf.errors.OpError as err:
         hint = (
             "check the bucket name, that this machine's credentials may use it (`gcloud auth "
@@ -170,7 +173,25 @@ class RemotePath:
         _call(str(self), _gfile().makedirs, str(self))
 
     def open(self, mode: str = "r", **_):
+        if "w" in mode or "x" in mode:
+            self._prepare_write()
+        elif "a" in mode:
+            self._prepare_write(truncate=False)
         return _call(str(self), _gfile().GFile, str(self), mode)
+
+    def _prepare_write(self, truncate: bool = True) -> None:
+        """Two quirks of TensorFlow's ram:// file system, which the tests run on (gs:// has
+        neither): a write to a file that exists appends to it instead of replacing it, so the
+        old file is removed first; and a folder lists only the files of folders that were made
+        (one written under a folder never made is missing from its parents' listings, and
+        rmtree then fails half-way or misses it), so the folder is made first, as an object
+        store's prefixes need not be."""
+        if self._scheme.lower() != "ram":
+            return
+        if self.parent != self:
+            _call(str(self.parent), _gfile().makedirs, str(self.parent))
+        if truncate and _gfile().exists(str(self)) and not _gfile().isdir(str(self)):
+            _call(str(self), _gfile().remove, str(self))
 
     def read_bytes(self) -> bytes:
         with self.open("rb") as f:
@@ -180,6 +201,8 @@ class RemotePath:
         return self.read_bytes().decode(encoding or "utf-8")
 
     def write_bytes(self, data: bytes) -> None:
+        self._prepare_write()
+
         def write():
             with _gfile().GFile(str(self), "wb") as f:
                 f.write(data)
@@ -238,6 +261,7 @@ def save_model(model, p) -> None:
     write)."""
     p = path(p)
     if isinstance(p, RemotePath):
+        p._prepare_write()  # Keras writes through tf.io.gfile: ram:// would append
         model.save(str(p))
         return
     tmp = p.with_name(f".{p.stem}.tmp.keras")
@@ -279,7 +303,11 @@ def rmtree(p) -> None:
     p = path(p)
     if isinstance(p, RemotePath):
         if p.exists():
-            _call(str(p), _gfile().rmtree, str(p))
+            try:
+                _call(str(p), _gfile().rmtree, str(p))
+            except FileNotFoundError:  # a folder with no folder object of its own: its files
+                if p.exists():  # are gone, then removing the folder itself is NotFound
+                    raise
         return
     shutil.rmtree(p, ignore_errors=True)
 

@@ -371,20 +371,24 @@ def train(
                 "to resume"
             ) from err
         best_value, history = checkpoint.best, commit.history  # a float or None
+        resume.save(model, stage_end, writes, weights=True)
         if writes:
-            model.save_weights(str(stage_end))
             storage.write_text(stage_done, json.dumps({"best": best_value, "history": history}))
         start_epoch = end_epoch
     runtime.host_values(0)  # every host waits here until process 0 has written best.keras
 
     # ---- thresholds, validation metrics, export: every host computes (the forward pass may
     # span them), process 0 writes
-    if best_path.is_file():
+    have_best = best_path.is_file()
+    runtime.host_values(int(have_best))  # no host saves best.keras before all have looked
+    if have_best:
         with warnings.catch_warnings():  # a best model of an earlier stage: its optimizer differs
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(str(best_path))
     elif writes:  # no epoch improved on the monitor's start value: keep the last weights
         storage.save_model(model, best_path)
+    else:
+        resume.save(model, best_path, writes=False)  # the collective process 0's save joins
     preds = inference.predict_split(
         model, data_dir, "validation", cfg.dataset, batch_size=runtime.global_batch
     )
