@@ -72,7 +72,7 @@ def read(path) -> np.ndarray:
         raise DicomError(f"reading DICOM needs pydicom 3: {INSTALL}") from err
 
     try:
-        return _display(pydicom.dcmread(Path(path)))
+        return _display(pydicom.dcmread(path if hasattr(path, "read") else Path(path)))
     except (DicomError, OSError):
         raise
     except InvalidDicomError as err:

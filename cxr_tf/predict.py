@@ -56,22 +56,29 @@ def list_images(inputs) -> list[Path]:
     name, and DICOM images under any other name by their header (`dicom.is_dicom_image`, which
     opens each such file: slow only on a network share full of other files). Hidden files and
     folders and `__MACOSX` inside a folder given are skipped; the folder's own path may be
-    anything (`../scans`, `~/.cache/x`)."""
+    anything (`../scans`, `~/.cache/x`). Files and folders may be URLs (`gs://...`); there DICOM
+    is found by its `.dcm` name only (the header test would download every file)."""
     files = []
-    for item in map(Path, inputs):
+    for item in map(storage.path, inputs):
         if item.is_dir():
+            remote = storage.is_url(item)
             files += sorted(
                 p
                 for p in item.rglob("*")
-                if p.is_file()
-                and not any(
-                    part.startswith(".") or part == "__MACOSX" for part in p.relative_to(item).parts
-                )
-                and (p.suffix.lower() in IMAGE_SUFFIXES or dicom.is_dicom_image(p))
+                if not any(part.startswith(".") or part == "__MACOSX" for part in _below(p, item))
+                and p.is_file()
+                and (p.suffix.lower() in IMAGE_SUFFIXES or (not remote and dicom.is_dicom_image(p)))
             )
         else:
             files.append(item)
     return files
+
+
+def _below(p, folder) -> list[str]:
+    """The parts of `p` below `folder` (a Path or a URL)."""
+    if storage.is_url(folder):
+        return str(p)[len(str(folder)) :].strip("/").split("/")
+    return list(p.relative_to(folder).parts)
 
 
 def read_image_bytes(path: Path) -> bytes:
@@ -81,7 +88,7 @@ def read_image_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
         if path.suffix.lower() == ".dcm" or dicom.has_magic(data):
-            return dicom.to_png(path)
+            return dicom.to_png(io.BytesIO(data) if storage.is_url(path) else path)
     except OSError as err:  # permissions, a file removed meanwhile, an I/O error
         raise ValueError(f"cannot read the file: {err.strerror or err}") from err
     if not data:

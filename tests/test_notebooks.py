@@ -77,7 +77,7 @@ def test_one_marked_parameter_cell_holds_every_setting(path):
     nb = nbformat.read(path, as_version=4)
     code = _code_cells(nb)
     assert code[0].metadata.get("tags") == ["parameters"]
-    names = ("REPO_URL", "DATASET", "CONFIG", "OVERRIDES", "SMOKE")
+    names = ("REPO_URL", "DATASET", "CONFIG", "OVERRIDES", "OUTPUT", "SMOKE")
     for name in names:
         assert re.search(rf"^{name} = ", code[0].source, re.M), name
     assert f'DATASET = "{path.stem.removesuffix("_tpu")}"' in code[0].source
@@ -172,7 +172,12 @@ def test_notebook_runs_top_to_bottom_on_a_tpu_vm(path, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     assert "colab-badge.svg" in nb.cells[0].source
     params = nb.cells.index(_code_cells(nb)[0])
-    injected = nbformat.v4.new_code_cell(f"REPO_URL = {str(repo)!r}\nSMOKE = True")
+    # NIH writes its TFRecords and run where OUTPUT says (a bucket for users; a folder here)
+    out = cwd / "work" if path.stem == "pneumonia_tpu" else tmp_path / "output"
+    output = "" if path.stem == "pneumonia_tpu" else str(out)
+    injected = nbformat.v4.new_code_cell(
+        f"REPO_URL = {str(repo)!r}\nSMOKE = True\nOUTPUT = {output!r}"
+    )
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(params + 1, injected)
     _execute(nb, cwd, kernel, timeout=900)
@@ -196,7 +201,8 @@ def test_notebook_runs_top_to_bottom_on_a_tpu_vm(path, tmp_path, monkeypatch):
     assert "mean AUROC" in outputs
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 4  # the evaluation plots and the Grad-CAM overlay, inline
-    (runtime,) = (cwd / "work" / "runs").glob("*/runtime.json")
+    (runtime,) = (out / "runs").glob("*/runtime.json")
+    assert (out / "tfrecords").is_dir()
     rt = json.loads(runtime.read_text())
     # smoke mode trains the demo config, which fixes float32; the TPU configs' bfloat16 is
     # tested on the CLI (tests/test_runtime.py)

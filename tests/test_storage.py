@@ -386,7 +386,7 @@ def test_the_whole_flow_at_ram_urls_writes_nothing_local(ram, tmp_path, monkeypa
     from cxr_tf.convert import convert
     from cxr_tf.evaluate import evaluate
     from cxr_tf.export import export_model
-    from cxr_tf.predict import Predictor, predict_files
+    from cxr_tf.predict import Predictor, list_images, predict_files
     from cxr_tf.resume import Interrupted
     from cxr_tf.train import run
 
@@ -460,5 +460,13 @@ def test_the_whole_flow_at_ram_urls_writes_nothing_local(ram, tmp_path, monkeypa
     [res] = predict_files(predictor, [str(image)], top_k=1)
     assert res.error is None and len(res.findings) == 1, res
     assert 0.0 <= res.findings[0]["probability"] <= 1.0
+    # images at a URL: a folder's images are found (hidden ones skipped) and read from there
+    images = ram / "images"
+    storage.write_bytes(images / "a.jpeg", image.read_bytes())
+    storage.write_bytes(images / ".hidden" / "b.jpeg", image.read_bytes())
+    storage.write_bytes(images / "notes.txt", b"not an image")
+    assert list_images([str(images)]) == [images / "a.jpeg"]
+    [remote] = predict_files(predictor, list_images([str(images)]), top_k=1)
+    assert remote.error is None and remote.findings == res.findings, remote
 
     assert _no_url_named_files(tmp_path, ROOT) == []
