@@ -125,7 +125,7 @@ def _run_together(commands, envs, timeout=900, expect=0):
     return [out for out, _ in outs] if expect == 0 else [err for _, err in outs]
 
 
-def _run_until_killed(commands, envs, grace=20):
+def _run_until_killed(commands, envs, grace=10):
     """Start the processes; once the first has died, give the others `grace` seconds (a host
     whose peer died waits in its next collective, or fails), then SIGKILL them."""
     procs = [
