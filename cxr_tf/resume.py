@@ -55,6 +55,7 @@ def save(model, path, writes: bool = True, weights: bool = False) -> None:
     file, dropped at once. Under JAX on several hosts, saving gathers the variables, a
     collective every host must join in the same order, so every host saves."""
     target = storage.path(path) if writes else _scratch() / storage.path(path).name
+    storage.prepare_write(target)  # a rerun writes an epoch's files again: ram:// would append
     (model.save_weights if weights else model.save)(str(target))
     if writes:
         sync(target)

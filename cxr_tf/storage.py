@@ -8,8 +8,8 @@ locally each is written under a temporary name in the same folder, flushed to di
 (a rename within a file system is atomic; the flush keeps the order of writes across a power
 loss, as on a preempted VM). An object store has no rename, but an object appears only when its
 upload has finished, so there the final object is written once; a folder (SavedModel, converted
-dataset) is uploaded with the file that marks it complete last. Imports neither TensorFlow nor
-Keras for local paths.
+dataset) is uploaded with the file that marks it complete last (a SavedModel beside its place
+first, then moved in: `upload_tree`). Imports neither TensorFlow nor Keras for local paths.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import shutil
 from pathlib import Path
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-# schemes a one-slash typo is caught for ("gs:/bucket/x" would otherwise be a local folder "gs:")
+# Schemes whose name then a colon without "//" is a URL typo ("gs:/bucket/x", "gs:bucket",
+# "gs:"), not a local folder "gs:"; anything else with a colon (c:/data, run:2) is a local path.
 _SCHEMES = ("gs", "gcs", "s3", "ram", "hdfs", "az", "abfs", "http", "https", "file")
-_TYPO = re.compile(rf"^({'|'.join(_SCHEMES)}):/*(?=[^/])", re.IGNORECASE)
+_TYPO = re.compile(rf"^({'|'.join(_SCHEMES)}):(?!//)(.*)$", re.IGNORECASE | re.DOTALL)
 
 
 class StorageError(OSError):
@@ -32,25 +33,53 @@ class StorageError(OSError):
 
 
 def is_url(p) -> bool:
-    return isinstance(p, RemotePath) or bool(_URL.match(str(p)))
+    """`p` names a location at a URL (a `file://` URL is a local path)."""
+    if isinstance(p, RemotePath):
+        return True
+    match = _URL.match(str(p))
+    return bool(match) and match.group(1).lower() != "file"
 
 
 def path(p) -> Path | RemotePath:
-    """`p` (a str, Path or RemotePath) as a Path, or a RemotePath for a URL.
+    """`p` (a str, Path or RemotePath) as a Path, or a RemotePath for a URL; a `file://` URL is
+    the local Path it names (written as any local file is).
 
-    Raises ValueError for a URL typo such as 'gs:/bucket/x' (which pathlib would take for a
-    local folder named 'gs:')."""
+    Raises ValueError for a URL typo such as 'gs:/bucket/x' or 'gs:bucket' (which pathlib
+    would take for a local folder named 'gs:'), a bare 'gs:' or 'gs://', and a file:// URL
+    naming another host."""
     if isinstance(p, RemotePath):
         return p
     text = os.fspath(p) if isinstance(p, os.PathLike) else str(p)
-    if _URL.match(text):
+    url = _URL.match(text)
+    if url:
+        scheme, rest = url.group(1), text[url.end() :]
+        if not rest.strip("/"):
+            raise ValueError(f"{text!r} names no location: give one, e.g. {scheme}://BUCKET/run")
+        if scheme.lower() == "file":
+            return _file_url(text, rest)
         return RemotePath(text)
     typo = _TYPO.match(text)
     if typo:
-        scheme = typo.group(1)
-        fixed = f"{scheme}://{text[typo.end() :]}"
-        raise ValueError(f"{text!r} is not a URL (a {scheme}:// path needs two slashes): {fixed}")
+        scheme, rest = typo.group(1), typo.group(2).lstrip("/")
+        if not rest:
+            raise ValueError(f"{text!r} names no location: give one, e.g. {scheme}://BUCKET/run")
+        fixed = f"{scheme}:///{rest}" if scheme.lower() == "file" else f"{scheme}://{rest}"
+        raise ValueError(
+            f"{text!r} is not a URL (a {scheme}:// path needs two slashes; a local folder of "
+            f"that name is ./{text}): {fixed}"
+        )
     return Path(text).expanduser()
+
+
+def _file_url(text: str, rest: str) -> Path:
+    """The local Path of `file:///abs/path` (or `file://localhost/abs/path`)."""
+    host, slash, local = rest.partition("/")
+    if host not in ("", "localhost") or not slash:
+        raise ValueError(
+            f"{text!r} names host {host!r}, but a file:// URL is a path on this machine: "
+            f"file:///{rest.lstrip('/')}"
+        )
+    return Path("/" + local)
 
 
 def _gfile():
@@ -98,11 +127,13 @@ class RemotePath:
     def __init__(self, url: str):
         scheme, rest = str(url).split("://", 1)
         self._scheme = scheme
+        # a path part from the root keeps it (hdfs:///user/x: /user/x on the default name node)
+        self._base = f"{scheme}://" + ("/" if rest.startswith("/") else "")
         self._rest = "/".join(part for part in rest.split("/") if part)
 
     # ---- the name
     def __str__(self) -> str:
-        return f"{self._scheme}://{self._rest}"
+        return self._base + self._rest
 
     def __repr__(self) -> str:
         return f"RemotePath({str(self)!r})"
@@ -135,7 +166,7 @@ class RemotePath:
     def parent(self) -> RemotePath:
         if "/" not in self._rest:
             return self
-        return RemotePath(f"{self._scheme}://{self._rest.rsplit('/', 1)[0]}")
+        return RemotePath(self._base + self._rest.rsplit("/", 1)[0])
 
     @property
     def parents(self) -> list[RemotePath]:
@@ -261,13 +292,22 @@ def save_model(model, p) -> None:
     write)."""
     p = path(p)
     if isinstance(p, RemotePath):
-        p._prepare_write()  # Keras writes through tf.io.gfile: ram:// would append
+        prepare_write(p)
         model.save(str(p))
         return
     tmp = p.with_name(f".{p.stem}.tmp.keras")
     model.save(tmp)
     sync(tmp)
     replace(tmp, p)
+
+
+def prepare_write(p) -> None:
+    """Ready the URL `p` for a library that writes it through tf.io.gfile itself (Keras'
+    `save`, `save_weights`): on ram:// a file written again would be appended to
+    (`RemotePath._prepare_write`). Nothing to do for a local path."""
+    p = path(p)
+    if isinstance(p, RemotePath):
+        p._prepare_write()
 
 
 def sync(p) -> None:
@@ -313,13 +353,23 @@ def rmtree(p) -> None:
 
 
 def upload_tree(local: Path, dst, last: str) -> None:
-    """Copy the local folder `local` to the URL `dst` (replacing what is there), the file `last`
-    (the one that marks it complete) after every other."""
-    dst = path(dst)
+    """Copy the local folder `local` to the URL `dst`, replacing what is there, the file `last`
+    (the one that marks it complete) after every other.
+
+    The upload goes to the sibling `.NAME.tmp` while `dst` stays as it was, so an interrupted
+    upload leaves the old folder whole. Then `dst` is emptied and each file moved into place,
+    `last` last: a copy within the store, no upload again (neither an object store nor ram://
+    renames a folder). Only while those moves run (seconds) is `dst` without a whole folder,
+    and without `last`; an interruption then needs the upload run again."""
+    local, dst = Path(local), path(dst)
+    staging = dst.with_name(f".{dst.name}.tmp")
+    files = sorted(q.relative_to(local).as_posix() for q in local.rglob("*") if q.is_file())
+    files.sort(key=lambda name: name == last)
+    rmtree(staging)
+    for name in files:
+        (staging / name).write_bytes((local / name).read_bytes())
     rmtree(dst)
-    files = sorted(q for q in Path(local).rglob("*") if q.is_file())
-    files.sort(key=lambda q: q.relative_to(local).as_posix() == last)
-    for q in files:
-        target = dst / q.relative_to(local).as_posix()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(q.read_bytes())
+    for name in files:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        replace(staging / name, dst / name)
+    rmtree(staging)

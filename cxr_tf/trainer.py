@@ -14,6 +14,7 @@ command again resumes an interrupted run at its last finished epoch:
 from __future__ import annotations
 
 import json
+import time
 import warnings
 
 import keras
@@ -265,6 +266,9 @@ def train(
                 precision=precision,
             ),
         )
+    # Each host's own local --workdir would train apart (and hang once they save differently):
+    # every host must see the file process 0 has just written.
+    _seen_on_every_host(runtime, workdir / "runtime.json")
     pos_weight = input_pipeline.positive_weights(info) if cfg.loss == "weighted_bce" else None
 
     # ---- stages of fit
@@ -379,9 +383,7 @@ def train(
 
     # ---- thresholds, validation metrics, export: every host computes (the forward pass may
     # span them), process 0 writes
-    have_best = best_path.is_file()
-    runtime.host_values(int(have_best))  # no host saves best.keras before all have looked
-    if have_best:
+    if _seen_on_every_host(runtime, best_path):  # and no host saves it before all have looked
         with warnings.catch_warnings():  # a best model of an earlier stage: its optimizer differs
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(str(best_path))
@@ -410,24 +412,27 @@ def train(
         "saved_model": None,
         "runtime": json.loads(runtime.to_json()),
     }
-    if not writes:
+    if writes:
+        metrics.save_thresholds(
+            workdir / "thresholds.json",
+            label_names,
+            thresholds,
+            "validation",
+            cfg.threshold_rule,
+            calibrator,
+        )
+        storage.write_text(workdir / "val_metrics.json", json.dumps(val_metrics, indent=2))
+        summary["saved_model"] = _export(best_path, workdir)
+        storage.write_text(workdir / "done.json", json.dumps(summary, indent=2))
+        # Resume state is only needed until done.json exists.
+        storage.rmtree(workdir / "backup")
+        for stage_end in workdir.glob("stage*_end.weights.h5"):
+            stage_end.unlink()
+    else:
         print(f"cxr_tf.train: process {runtime.process_index} done; process 0 writes {workdir}")
-        return summary
-    metrics.save_thresholds(
-        workdir / "thresholds.json",
-        label_names,
-        thresholds,
-        "validation",
-        cfg.threshold_rule,
-        calibrator,
-    )
-    storage.write_text(workdir / "val_metrics.json", json.dumps(val_metrics, indent=2))
-    summary["saved_model"] = _export(best_path, workdir)
-    storage.write_text(workdir / "done.json", json.dumps(summary, indent=2))
-    # Resume state is only needed until done.json exists.
-    storage.rmtree(workdir / "backup")
-    for stage_end in workdir.glob("stage*_end.weights.h5"):
-        stage_end.unlink()
+    # All hosts leave together, once process 0 has written done.json: a host that left first
+    # would wait in JAX's shutdown barrier (300 s by default) while process 0 exports, or fail.
+    runtime.host_values(0)
     return summary
 
 
@@ -458,10 +463,36 @@ def _agree_on_resume(runtime: Runtime, workdir, cfg) -> None:
             f"process {k}: " + ("finished" if v < 0 else f"{v} epochs done" if v else "no backup")
             for k, v in enumerate(seen)
         )
-        raise ValueError(
-            f"the hosts see {workdir} at different points ({said}); --workdir must be one folder "
-            "every host shares (gs://BUCKET/run or a shared file system), not a local disk"
+        raise ValueError(f"the hosts see {workdir} at different points ({said}); {_SHARED}")
+
+
+_SHARED = (
+    "--workdir must be one folder every host shares (gs://BUCKET/run or a shared file system), "
+    "not a local disk"
+)
+# How long a host looks again for a file process 0 has written before taking the run folder for
+# an unshared one: NFS may answer from its cache of a missing name for up to a minute (acdirmax).
+_SHARED_WAIT_S = 60
+
+
+def _seen_on_every_host(runtime: Runtime, p) -> bool:
+    """Whether the file `p` is there, as every host sees it, once process 0 has written it (a
+    collective). Stops every host with one line if they see it differently (each host's own
+    local --workdir, not one shared folder); a host that does not see what process 0 sees looks
+    again for up to `_SHARED_WAIT_S` first."""
+    seen = runtime.host_values(int(p.is_file()))
+    if seen[0] and not all(seen):  # every host takes this branch alike: the same collectives
+        there, deadline = bool(seen[runtime.process_index]), time.monotonic() + _SHARED_WAIT_S
+        while not there and time.monotonic() < deadline:
+            time.sleep(1)
+            there = p.is_file()
+        seen = runtime.host_values(int(there))
+    if len(set(seen)) > 1:
+        said = ", ".join(
+            f"process {k}: {'has' if v else 'no'} {p.name}" for k, v in enumerate(seen)
         )
+        raise ValueError(f"the hosts see {p.parent} differently ({said}); {_SHARED}")
+    return bool(seen[0])
 
 
 def fit_calibration(cfg, info, probs, labels) -> calibration.Calibration:

@@ -75,6 +75,22 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
+# The train CLI with a host's second look for a file process 0 wrote (trainer._SHARED_WAIT_S,
+# a minute for a shared file system's cache) cut to 2 s: these run folders are local.
+QUICK_LOOK = """
+import sys
+import cxr_tf.runtime as rt
+make_runtime = rt.make_runtime
+def patched(*args, **kwargs):
+    from cxr_tf import trainer
+    trainer._SHARED_WAIT_S = 2
+    return make_runtime(*args, **kwargs)
+rt.make_runtime = patched
+from cxr_tf.train import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
 def _free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
@@ -225,8 +241,9 @@ def _tf_envs(*extra):
 def test_two_hosts_under_multi_worker_mirrored_strategy(pneumonia_data, tmp_path):
     """Two workers, against one process; then killed at different moments and rerun: process
     0 right after its commit of epoch 2, process 1 wherever that left it (its next step waits on
-    the dead host). Both resume from the one backup at epoch 3; a host that sees another run
-    folder than its peer (here: an empty one) stops with one line, as every host does."""
+    the dead host). Both resume from the one backup at epoch 3. A host that sees another run
+    folder than its peer stops with one line, as every host does: on a rerun (its folder is
+    empty) and on a fresh run (each host its own folder, as a local --workdir on each)."""
     cmd = _train(pneumonia_data, tmp_path / "two", "--strategy", "multiworker")
     outs = _run_together([cmd, cmd], _tf_envs({}, {}))
     assert all("strategy multiworker, 2 x CPU" in out for out in outs)
@@ -249,6 +266,18 @@ def test_two_hosts_under_multi_worker_mirrored_strategy(pneumonia_data, tmp_path
         assert len(lines) == 1 and "the hosts see" in lines[0] and "Traceback" not in err, err
         assert "process 0: 2 epochs done, process 1: no backup" in lines[0]
     assert not (tmp_path / "lone").exists()  # process 1 writes nothing
+    own = [
+        [sys.executable, "-c", QUICK_LOOK, *_train(pneumonia_data, tmp_path / f"own{k}")[3:]]
+        + ["--strategy", "multiworker"]
+        for k in (0, 1)
+    ]
+    errs = _run_together(own, _tf_envs({}, {}), timeout=300, expect=2)
+    for err in errs:
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert "process 0: has runtime.json, process 1: no runtime.json" in lines[0], lines
+        assert "--workdir must be one folder every host shares" in lines[0], lines
+    assert not (tmp_path / "own1").exists()
     resumed = _run_together([cmd, cmd], _tf_envs({}, {}))
     _check_kill_and_resume(outs, resumed, killed, tmp_path / "two", epoch=3)
 

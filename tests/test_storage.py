@@ -37,7 +37,17 @@ def ram(request):
 
 def test_local_paths_come_back_as_pathlib_unchanged(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    for text in ("runs/latest", "/abs/olute/x.keras", "c:/data", "./gs/x", "tfrecords"):
+    for text in (
+        "runs/latest",
+        "/abs/olute/x.keras",
+        "c:/data",
+        "./gs/x",
+        "tfrecords",
+        "./s3:backup",  # a local folder whose name starts as a URL's scheme does
+        "backup:s3",
+        "run:2/x",
+        "gsx:/b",  # not a scheme cxr_tf knows
+    ):
         p = storage.path(text)
         assert type(p) is type(Path(text)) and p == Path(text), text
         assert not storage.is_url(text)
@@ -46,6 +56,17 @@ def test_local_paths_come_back_as_pathlib_unchanged(tmp_path, monkeypatch):
     assert storage.path(Path("~") / "x") == tmp_path / "x"
     url = storage.path("ram://x/y")
     assert storage.path(url) is url and storage.is_url(url) and storage.is_url("ram://x/y")
+
+
+def test_a_file_url_is_the_local_path_it_names(tmp_path):
+    for url in (f"file://{tmp_path}/run", f"file://localhost{tmp_path}/run"):
+        p = storage.path(url)
+        assert type(p) is type(tmp_path) and p == tmp_path / "run", url
+        assert not storage.is_url(url)
+    storage.write_text(f"file://{tmp_path}/run.json", "{}")  # an ordinary local write
+    assert (tmp_path / "run.json").read_text() == "{}"
+    with pytest.raises(ValueError, match=r"^'file://tmp/x' names host 'tmp'.*: file:///tmp/x$"):
+        storage.path("file://tmp/x")
 
 
 def test_local_writes_are_whole_and_leave_no_temporary_file(tmp_path):
@@ -90,6 +111,10 @@ def test_remote_path_names():
     assert sorted([p, p.parent]) == [p.parent, p]
     gs = storage.path("gs://b/x/y.tfrecord")
     assert (str(gs), gs.name, gs.parent.name) == ("gs://b/x/y.tfrecord", "y.tfrecord", "x")
+    rooted = storage.path("hdfs:///user/run//x.json")  # the path part's root is kept
+    assert str(rooted) == "hdfs:///user/run/x.json" and rooted.name == "x.json"
+    assert [str(q) for q in rooted.parents] == ["hdfs:///user/run", "hdfs:///user"]
+    assert rooted.parent / "y" == storage.path("hdfs:///user/run/y")
 
 
 def test_remote_path_file_system(ram):
@@ -202,24 +227,64 @@ def test_upload_tree_replaces_the_folder_and_puts_last_after_the_others(ram, tmp
     for name, data in files.items():
         (local / name).write_bytes(data)
     dst = ram / "run" / "saved_model"
-    storage.write_text(dst / "stale.txt", "from an earlier export")
+    staging = ram / "run" / ".saved_model.tmp"
+    old = {"saved_model.pb": b"old graph", "variables/variables.index": b"old", "stale.txt": b"x"}
+    for name, data in old.items():
+        storage.write_bytes(dst / name, data)
 
-    order = []
-    write = RemotePath.write_bytes
+    def whole(folder):  # {name under folder: bytes}
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        return {str(p)[len(str(folder)) + 1 :]: p.read_bytes() for p in files}
+
+    order, moves = [], []
+    write, rename = RemotePath.write_bytes, storage.replace
+
+    def broken(self, data):  # the upload stopped before its last file
+        if self.name == "saved_model.pb":
+            raise KeyboardInterrupt
+        write(self, data)
+
+    monkeypatch.setattr(RemotePath, "write_bytes", broken)
+    with pytest.raises(KeyboardInterrupt):
+        storage.upload_tree(local, dst, last="saved_model.pb")
+    assert whole(dst) == old  # the old folder is whole
 
     def record(self, data):
         order.append(str(self))
         write(self, data)
 
+    def move(src, target):
+        moves.append(str(target))
+        rename(src, target)
+
     monkeypatch.setattr(RemotePath, "write_bytes", record)
+    monkeypatch.setattr(storage, "replace", move)
     storage.upload_tree(local, dst, last="saved_model.pb")
 
-    assert order[-1] == str(dst / "saved_model.pb") and len(order) == len(files)
-    assert sorted(order) == sorted(str(dst / name) for name in files)
-    assert not (dst / "stale.txt").exists()
-    for name, data in files.items():
-        assert (dst / name).read_bytes() == data, name
-    assert sorted(str(p) for p in dst.rglob("*") if p.is_file()) == sorted(order)
+    # uploaded beside its place, the marker last; then moved in, the marker last
+    assert order[-1] == str(staging / "saved_model.pb") and len(order) == len(files)
+    assert sorted(order) == sorted(str(staging / name) for name in files)
+    assert moves == [o.replace(str(staging), str(dst)) for o in order]
+    assert whole(dst) == files and not staging.exists()
+    assert [p.name for p in (ram / "run").iterdir()] == ["saved_model"]
+
+
+def test_a_model_saved_again_at_a_ram_url_is_replaced_not_appended(ram):
+    import keras
+
+    from cxr_tf import resume
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    target = ram / "backup" / "epoch-1.weights.h5"
+    target.parent.mkdir()
+    resume.save(model, target, weights=True)
+    size = target.stat().st_size
+    model.layers[0].kernel.assign(model.layers[0].kernel + 1.0)
+    resume.save(model, target, weights=True)  # a rerun writes the epoch again
+    assert target.stat().st_size == size
+    again = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    again.load_weights(str(target))
+    assert (again.layers[0].kernel.numpy() == model.layers[0].kernel.numpy()).all()
 
 
 # ---- one-slash typos
@@ -229,9 +294,13 @@ def test_upload_tree_replaces_the_folder_and_puts_last_after_the_others(ram, tmp
     "typo, fixed",
     [
         ("gs:/b/x", "gs://b/x"),
+        ("GS:/b/x", "GS://b/x"),
         ("gs:b/x", "gs://b/x"),
         ("ram:/x", "ram://x"),
+        ("ram:x", "ram://x"),
         ("s3:/bucket/data", "s3://bucket/data"),
+        ("s3:backup", "s3://backup"),  # a local folder so named is ./s3:backup
+        ("file:/tmp/x", "file:///tmp/x"),
         (Path("gs://b/x"), "gs://b/x"),  # a URL that went through pathlib lost a slash
     ],
     ids=str,
@@ -245,7 +314,18 @@ def test_a_one_slash_typo_is_a_one_line_error_with_the_fixed_url(
     message = str(err.value)
     assert "\n" not in message
     assert f"'{typo}'" in message and message.endswith(f": {fixed}"), message
-    assert "needs two slashes" in message
+    assert "needs two slashes" in message and f"./{typo}" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bare", ["gs:", "gs:/", "gs://", "GS:", "ram://", "s3:///"])
+def test_a_bare_scheme_is_a_one_line_error(bare, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as err:
+        storage.path(bare)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"'{bare}' names no location"), message
+    assert "://BUCKET/run" in message
     assert list(tmp_path.iterdir()) == []
 
 
