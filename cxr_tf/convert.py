@@ -43,6 +43,8 @@ DATASETS = ("pneumonia", "nih14")
 _BYTES_PER_PIXEL = {"jpeg": 0.4, "png": 0.75}
 _PROGRESS = ".progress"
 REPORT_NAME = "conversion_report.json"
+# {split: {image_id: [height, width]}}: each source image's size, which NIH's boxes are given in
+SOURCE_SIZES_NAME = "source_sizes.json"
 
 
 @dataclass
@@ -164,11 +166,13 @@ def _plan_hash(dataset: str, shards: list[Shard], settings: dict) -> str:
     return h.hexdigest()
 
 
-def _work(task: tuple[str, int, str]) -> tuple[bytes | None, str | None]:
-    """Worker: (path, size, format) -> (encoded image, None) or (None, reason)."""
+def _work(task: tuple[str, int, str]) -> tuple[bytes | None, str | list[int] | None]:
+    """Worker: (path, size, format) -> (encoded image, [source height, width]) or
+    (None, reason)."""
     path, size, fmt = task
     try:
-        return image_ops.convert_file(path, size, fmt).data, None
+        image = image_ops.convert_file(path, size, fmt)
+        return image.data, [image.source_height, image.source_width]
     except image_ops.ImageError as err:
         return None, str(err)
     except Exception as err:  # a worker must never take the whole conversion down
@@ -179,7 +183,7 @@ def _warm() -> None:
     """A no-op task: submitting one per worker starts the workers early."""
 
 
-def _work_many(tasks: list) -> list[tuple[bytes | None, str | None]]:
+def _work_many(tasks: list) -> list[tuple[bytes | None, str | list[int] | None]]:
     return [_work(t) for t in tasks]
 
 
@@ -220,7 +224,7 @@ class _Workers:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def results(self, tasks: list) -> Iterator[tuple[bytes | None, str | None]]:
+    def results(self, tasks: list) -> Iterator[tuple[bytes | None, str | list[int] | None]]:
         """`_work` over `tasks`, results in task order."""
         if self.pool is None:
             yield from map(_work, tasks)
@@ -408,14 +412,15 @@ def _write_shards(
             name = shard.file_name(dataset)
             # at a URL the object appears when its upload ends: written to its name at once
             tmp = out_dir / (name if storage.is_url(out_dir) else f"{name}.tmp")
-            examples, skipped = [], []
+            examples, skipped, sizes = [], [], {}
             with tf.io.TFRecordWriter(str(tmp)) as writer:
                 for im in shard.images:
-                    data, reason = next(results)
+                    data, size_or_reason = next(results)
                     bar.update()
                     if data is None:
-                        skipped.append({"file": im.path, "reason": reason})
+                        skipped.append({"file": im.path, "reason": size_or_reason})
                         continue
+                    sizes[im.image_id] = size_or_reason
                     example = {
                         "image": data,
                         "patient_id": im.patient_id,
@@ -431,6 +436,7 @@ def _write_shards(
                 "num_bytes": (out_dir / name).stat().st_size,
                 "class_counts": dataset_module(dataset).class_counts(examples),
                 "skipped": skipped,
+                "source_sizes": sizes,
             }
             storage.write_text(progress_dir / f"{name}.json", json.dumps(marker))
 
@@ -451,6 +457,10 @@ def _write_metadata(module, out_dir, features, shards, markers, result, settings
         "seconds": round(result.seconds, 2),
     }
     storage.write_text(out_dir / REPORT_NAME, json.dumps(report, indent=2))
+    sizes = {split: {} for split in SPLITS}  # a marker from before sizes were kept has none
+    for s in shards:
+        sizes[s.split].update(markers[s.file_name(module.NAME)].get("source_sizes", {}))
+    storage.write_text(out_dir / SOURCE_SIZES_NAME, json.dumps(sizes, separators=(",", ":")))
     split_infos = []
     for split in SPLITS:
         mine = [markers[s.file_name(module.NAME)] for s in shards if s.split == split]

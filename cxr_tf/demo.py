@@ -76,7 +76,12 @@ def run_demo(
         verbose=2,
     )
     _stage("4/5 evaluate on the test split")
-    metrics = evaluate.evaluate(run_dir, data, split="test", dataset=dataset)  # into eval_test/
+    # NIH: Grad-CAM against the archive's box list, AUROC on Google's adjudicated labels
+    reference = {}
+    if dataset == "nih14":
+        boxes = raw / "BBox_List_2017.csv"  # an archive written before boxes were has none
+        reference = {"boxes": boxes if boxes.is_file() else None, "labels": "google2019"}
+    metrics = evaluate.evaluate(run_dir, data, split="test", dataset=dataset, **reference)
     print(evaluate.format_summary(metrics))
     _stage("5/5 predict with Grad-CAM")
     test_images = _sample_test_images(raw, dataset)

@@ -2,6 +2,7 @@
 
     python -m cxr_tf.evaluate --model runs/demo --data demo_out/tfrecords [--split test]
         [--out DIR] [--thresholds FILE] [--bootstrap 1000]
+        [--boxes BBox_List_2017.csv] [--labels google2019]
 
 `--model` is a `.keras` file or a run folder (its `best.keras`). Every example of the split is
 predicted exactly once. Probabilities are calibrated as the run's thresholds.json says (see
@@ -12,6 +13,11 @@ Every metric is reported at those thresholds and at 0.5, and metrics.json says w
 split chose them. AUROC 95% intervals are bootstrapped over patients, not images, since one
 patient's images are not independent. Plots: roc.png (operating points marked), pr.png,
 reliability.png, distributions.png, gallery.png, confusion.png (pneumonia only).
+
+Beside the model's figures, the published ones (`cxr_tf.references`: CheXNet per finding for
+NIH, Kermany et al. for pneumonia). For NIH, `--boxes` scores Grad-CAM against the radiologists'
+boxes (`cxr_tf.localization`, localization.png) and `--labels` gives AUROC on Google's
+adjudicated labels beside the NLP labels of the same images (`cxr_tf.adjudicated`).
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_tf import adjudicated, localization, metrics, references, storage
 from cxr_tf import config as config_lib
-from cxr_tf import metrics, storage
 from cxr_tf.cli import add_verbose, fail, quiet_tensorflow
 
 
@@ -95,8 +101,13 @@ def evaluate(
     seed: int = 0,
     gallery: int = 16,
     threshold_rule: str | None = None,
+    boxes=None,
+    labels: str | None = None,
 ) -> dict:
-    """Predict `split` once, write metrics.json and the plots into `out_dir`; returns metrics."""
+    """Predict `split` once, write metrics.json and the plots into `out_dir`; returns metrics.
+
+    `boxes` (NIH's BBox_List_2017.csv) adds the `localization` section and localization.png,
+    `labels` (google2019 or a CSV of Google's adjudicated labels) the `adjudicated` section."""
     from cxr_tf import inference  # imports Keras: only once the command line has set up
     from cxr_tf.calibration import expected_calibration_error
     from cxr_tf.export import calibration_for, find_thresholds, label_info
@@ -112,6 +123,15 @@ def evaluate(
     if dataset is None and saved_config.is_file():  # the dataset the run was trained on
         dataset = config_lib.load(saved_config).dataset
     info = read_info(data_dir, dataset)
+    if (boxes or labels) and info.name != "nih14":
+        flag = "--boxes" if boxes else "--labels"
+        raise ValueError(
+            f"{flag} scores NIH ChestX-ray14 models; {str(data_dir)!r} holds {info.name} (give "
+            "--data with an nih14 conversion, or leave out --boxes and --labels)"
+        )
+    box_list = localization.read_boxes(boxes) if boxes else None  # bad files fail before work
+    if labels:
+        adjudicated.read_labels(labels)
     model = load_model(model_path)
     thresholds_file = thresholds_file or find_thresholds(model_path)
     calibrator = calibration_for(model.output_shape[-1], thresholds_file)
@@ -171,7 +191,21 @@ def evaluate(
     )
     if info.task == "binary":
         result["confusion_matrix"] = _confusion(preds, thresholds, info.label_names)
+    result["references"] = (
+        references.nih14(result) if info.name == "nih14" else references.pneumonia(result)
+    )
+    if labels:
+        result["adjudicated"] = adjudicated.score(
+            preds, names, labels, split=split, bootstrap=bootstrap, seed=seed
+        )
+    cases = None
+    if box_list is not None:
+        result["localization"], cases = localization.localize(
+            model, data_dir, split, info, *box_list, class_names=list(names)
+        )
     storage.write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
+    if cases is not None:
+        localization.gallery(cases, out_dir / "localization.png")
     plot_names = info.label_names if info.task == "binary" else names
     _plots(
         preds, names, thresholds, result, out_dir, model, data_dir, split, info, gallery, plot_names
@@ -236,6 +270,16 @@ def main(argv=None) -> int:
         help="choose thresholds on the validation split: youden, max_f1, sensitivity=S or "
         "fixed=T (default: the run's thresholds.json)",
     )
+    p.add_argument(
+        "--boxes",
+        default=None,
+        help="NIH's BBox_List_2017.csv (.gz too): score Grad-CAM against the radiologists' boxes",
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="google2019 (bundled) or a CSV of Google's adjudicated NIH labels: AUROC on them",
+    )
     add_verbose(p)
     args = p.parse_args(argv)
     quiet_tensorflow(args.verbose)
@@ -250,6 +294,8 @@ def main(argv=None) -> int:
             dataset=args.dataset,
             bootstrap=args.bootstrap,
             threshold_rule=args.threshold_rule,
+            boxes=args.boxes,
+            labels=args.labels,
         )
     except (FileNotFoundError, ValueError, storage.StorageError) as err:
         return fail(err)
@@ -264,7 +310,11 @@ def format_summary(r: dict) -> str:
         f"{r['dataset']} {r['split']}: {r['n']} images, thresholds by {op['rule']} on "
         f"{op['chosen_on']}"
     ]
-    lines.append(f"  {'class':<20} {'AUROC':>6}  {'95% CI':>13}  {'sens':>5} {'spec':>5} {'F1':>5}")
+    chexnet = r.get("references", {}).get("findings")
+    lines.append(
+        f"  {'class':<20} {'AUROC':>6}  {'95% CI':>13}  {'sens':>5} {'spec':>5} {'F1':>5}"
+        + (f"  {'CheXNet+':>8}" if chexnet else "")
+    )
     stand_ins = op.get("stand_ins", {})
     for name, c in r["classes"].items():
         lo, hi = c["auroc_ci95"]
@@ -276,6 +326,7 @@ def format_summary(r: dict) -> str:
         lines.append(
             f"  {name:<20} {_f(c['auroc']):>6}  {ci:>13}  {decided[0]:>5} {decided[1]:>5} "
             f"{decided[2]:>5}"
+            + (f"  {_f(chexnet[name]['chexnet_random_split']):>8}" if chexnet else "")
         )
     if stand_ins:
         lines.append(
@@ -294,6 +345,26 @@ def format_summary(r: dict) -> str:
         f"thresholds, {half['accuracy']:.3f} at 0.5 (sens {_f(half['macro']['sensitivity'])}, "
         f"spec {_f(half['macro']['specificity'])}); mean ECE {_f(r['macro']['ece'])}"
     )
+    refs = r.get("references", {})
+    if chexnet:
+        mean = refs["mean"]
+        lines.append(
+            f"  + CheXNet (Rajpurkar et al. 2017) on a random patient split, mean "
+            f"{mean['chexnet_random_split']:.3f}; on NIH's official split (test_list.txt) the "
+            f"reference mean is about {mean['official_split']:.2f}: compare with the mean "
+            f"above, {_f(mean['auroc'])}"
+        )
+    elif "metrics" in refs:
+        m = refs["metrics"]
+        lines.append(
+            "  Kermany et al. 2018 on the same test folder: accuracy "
+            f"{m['accuracy']['kermany2018']:.3f}, sens {m['sensitivity']['kermany2018']:.3f}, "
+            f"spec {m['specificity']['kermany2018']:.3f}, AUROC {m['auroc']['kermany2018']:.3f}"
+        )
+    if "adjudicated" in r:
+        lines.append(adjudicated.format_table(r["adjudicated"]))
+    if "localization" in r:
+        lines.append(localization.format_table(r["localization"]))
     lines.append(f"  metrics and plots in {r['out_dir']}")
     return "\n".join(lines)
 

@@ -33,9 +33,15 @@ def heatmaps(model: keras.Model, images: np.ndarray, class_index: int) -> np.nda
 
     `images` as the model takes them (its input contract); the features come from one compiled
     forward pass (`inference.ForwardPass`, built once per model), the maps from numpy."""
+    return heatmap_pairs(model, images, [class_index] * len(images))
+
+
+def heatmap_pairs(model: keras.Model, images: np.ndarray, class_indices) -> np.ndarray:
+    """As `heatmaps`, with image i's map for class `class_indices[i]`: one forward pass for
+    maps of different findings (localisation scores each box for its own finding)."""
     feats = _features(model)(images)
-    weights = np.asarray(model.get_layer("logits").kernel)[:, class_index]
-    cam = np.maximum(np.einsum("nhwk,k->nhw", feats, weights), 0.0)
+    weights = np.asarray(model.get_layer("logits").kernel)[:, list(class_indices)].T
+    cam = np.maximum(np.einsum("nhwk,nk->nhw", feats, weights), 0.0)
     peak = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
     return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0)
 

@@ -25,11 +25,14 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """One converted image: encoded bytes and the size of the stored image."""
+    """One converted image: encoded bytes, the size of the stored image, and the size of the
+    source file's image (what NIH's boxes are measured in)."""
 
     data: bytes
     height: int
     width: int
+    source_height: int = 0
+    source_width: int = 0
 
 
 def to_grayscale(img: Image.Image) -> Image.Image:
@@ -68,20 +71,29 @@ def decode_file(path: str, short_side: int | None = None) -> Image.Image:
     throw away anyway; the result still has a shorter side of at least `short_side`.
     Raises ImageError with a short reason for empty, truncated or non-image files.
     """
+    return _decode(_read(path), short_side)[0]
+
+
+def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except OSError as err:
         raise ImageError(f"cannot read file: {err.strerror or err}") from err
-    return decode_bytes(raw, short_side)
 
 
 def decode_bytes(raw: bytes, short_side: int | None = None) -> Image.Image:
     """Decode encoded image bytes to an 8-bit grayscale image (see `decode_file`)."""
+    return _decode(raw, short_side)[0]
+
+
+def _decode(raw: bytes, short_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """The grayscale image, and the (width, height) the file holds (before any `draft`)."""
     if not raw:
         raise ImageError("empty file (0 bytes)")
     try:
         img = Image.open(io.BytesIO(raw))
+        size = img.size
         if short_side and img.format == "JPEG":
             w, h = img.size
             scale = short_side / min(w, h)
@@ -93,7 +105,7 @@ def decode_bytes(raw: bytes, short_side: int | None = None) -> Image.Image:
     except Exception as err:  # Pillow raises many types for broken data
         reason = "not an image" if "cannot identify" in str(err) else f"unreadable image: {err}"
         raise ImageError(reason) from err
-    return to_grayscale(img)
+    return to_grayscale(img), size
 
 
 def resize_short_side(gray: Image.Image, short_side: int) -> Image.Image:
@@ -122,5 +134,8 @@ def encode(gray: Image.Image, image_format: str) -> bytes:
 
 def convert_file(path: str, short_side: int, image_format: str) -> EncodedImage:
     """The converter's per-image work: decode, grayscale, resize, encode."""
-    gray = resize_short_side(decode_file(path, short_side), short_side)
-    return EncodedImage(encode(gray, image_format), gray.height, gray.width)
+    decoded, (source_width, source_height) = _decode(_read(path), short_side)
+    gray = resize_short_side(decoded, short_side)
+    return EncodedImage(
+        encode(gray, image_format), gray.height, gray.width, source_height, source_width
+    )

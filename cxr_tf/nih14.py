@@ -44,6 +44,19 @@ LABELS = (
     "Hernia",
 )
 CLASS_NAMES = LABELS
+# The findings NIH boxed (`BBox_List_2017.csv`), as that file spells them: its `Infiltrate` is
+# the labels' Infiltration. The boxes are in the pixels of the 1024 x 1024 PNGs NIH released.
+BOX_FINDINGS = {
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Effusion": "Effusion",
+    "Infiltrate": "Infiltration",
+    "Mass": "Mass",
+    "Nodule": "Nodule",
+    "Pneumonia": "Pneumonia",
+    "Pneumothorax": "Pneumothorax",
+}
+RELEASED_SIZE = 1024
 NO_FINDING = "No Finding"
 VIEWS = ("PA", "AP")
 SEXES = ("M", "F")

@@ -29,9 +29,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cxr_tf.nih14 import LABELS
+from cxr_tf.nih14 import BOX_FINDINGS, LABELS
 
 NIH14_SAMPLE = pathlib.Path(__file__).with_name("data") / "nih14_metadata_sample.csv.gz"
+# Google's radiologist-adjudicated labels (Majkowska et al. 2020) of 4,376 NIH images: their
+# patients are drawn first, so that `evaluate --labels google2019` has images to score
+GOOGLE2019_LABELS = NIH14_SAMPLE.with_name("google2019_nih-chest-xray-labels.csv.gz")
+# NIH's box list: its header as NIH ships it (the column names split at their commas)
+NIH14_BOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+SPOT_LAYOUTS = ("fixed", "shuffled")
 NIH14_CSV_HEADERS = {
     # Kaggle's copy ends the header with a comma, i.e. an empty 12th column.
     "2017": "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -211,14 +217,18 @@ def _spot_stamps(width: int, height: int) -> np.ndarray:
     return np.stack(stamps)
 
 
-def _add_spots(rng: np.random.Generator, image: np.ndarray, findings: Iterable[int]) -> None:
-    """Add the spot of each finding index to `image` (full resolution, in place)."""
+def _add_spots(
+    rng: np.random.Generator, image: np.ndarray, findings: Iterable[int], centers=None
+) -> None:
+    """Add the spot of each finding index to `image` (full resolution, in place), at
+    `centers[k]` (default `NIH14_SPOT_CENTERS`)."""
+    centers = NIH14_SPOT_CENTERS if centers is None else centers
     height, width = image.shape
     box_w = max(3, round(2 * NIH14_SPOT_RADIUS * width))
     box_h = max(3, round(2 * NIH14_SPOT_RADIUS * height))
     stamps = _spot_stamps(box_w, box_h)
     for k in findings:
-        cx, cy = NIH14_SPOT_CENTERS[k]
+        cx, cy = centers[k]
         left, top = round(cx * width - box_w / 2), round(cy * height - box_h / 2)
         image[top : top + box_h, left : left + box_w] += rng.uniform(0.85, 1.15) * stamps[k]
 
@@ -230,8 +240,10 @@ def _chest_image(
     *,
     subtype: str | None = None,
     findings: Iterable[int] = (),
+    centers=None,
 ) -> np.ndarray:
-    """A uint8 synthetic radiograph with a pneumonia `subtype` opacity and/or NIH14 `findings`."""
+    """A uint8 synthetic radiograph with a pneumonia `subtype` opacity and/or NIH14 `findings`
+    (their spots at `centers`, default `NIH14_SPOT_CENTERS`)."""
     scale = _LOW_RES / min(width, height)
     x, y = _grid(max(2, round(width * scale)), max(2, round(height * scale)))
     dx, dy, ds = rng.uniform(-_MAX_SHIFT, _MAX_SHIFT, size=3)
@@ -240,7 +252,7 @@ def _chest_image(
     if subtype is not None:
         low = low + _opacities(rng, x, y, subtype)
     image = _resize(low, width, height).copy()
-    _add_spots(rng, image, findings)
+    _add_spots(rng, image, findings, centers)
     gain, offset = rng.uniform(0.8, 1.0), rng.uniform(0.0, 0.06)
     image = offset + gain * image + rng.standard_normal(image.shape, np.float32) * _NOISE_STD
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
@@ -503,10 +515,17 @@ def _nih14_rows(rng: np.random.Generator, num_images: int) -> list[dict[str, str
     patients = collections.defaultdict(list)
     for row in sample:
         patients[int(row["Patient ID"])].append(row)
+    # patients with adjudicated labels and few follow-ups first (a few have dozens, which
+    # would leave a small archive with a handful of patients)
+    adjudicated = _adjudicated_patients()
+    first = sorted(p for p in patients if p in adjudicated and len(patients[p]) <= 5)
+    rest = sorted(p for p in patients if p not in first)
     rows: list[dict[str, str]] = []
     offset = 0
     while len(rows) < num_images:
-        for patient in rng.permutation(sorted(patients)):
+        # the first pass: patients with adjudicated labels first; later ones: all, shuffled
+        order = [*rng.permutation(first), *rng.permutation(rest)] if not offset else None
+        for patient in rng.permutation(sorted(patients)) if offset else order:
             follow_ups = sorted(patients[patient], key=lambda row: int(row["Follow-up #"]))
             for row in follow_ups[: num_images - len(rows)]:
                 row = dict(row)
@@ -521,12 +540,23 @@ def _nih14_rows(rng: np.random.Generator, num_images: int) -> list[dict[str, str
     return sorted(rows, key=lambda row: row["Image Index"])
 
 
+@functools.lru_cache(maxsize=1)
+def _adjudicated_patients() -> frozenset[int]:
+    """The patients of the sample whose images Google's adjudicated labels cover."""
+    with gzip.open(GOOGLE2019_LABELS, "rt", newline="") as f:
+        return frozenset(int(row["Patient ID"]) for row in csv.DictReader(f))
+
+
 def _nih14_test_patients(rng: np.random.Generator, rows: list[dict[str, str]]) -> set[str]:
-    """Whole patients holding 20-25% of the images, like the official test_list.txt."""
+    """Whole patients holding 20-25% of the images, like the official test_list.txt; those
+    with Google's adjudicated labels first, so the test split has images they label."""
     sizes = collections.Counter(row["Patient ID"] for row in rows)
+    adjudicated = _adjudicated_patients()
+    first = sorted(p for p in sizes if int(p) in adjudicated and sizes[p] <= 5)
+    rest = sorted(p for p in sizes if p not in first)
     test: set[str] = set()
     taken = 0
-    for patient in rng.permutation(sorted(sizes)):
+    for patient in [*rng.permutation(first), *rng.permutation(rest)]:
         if taken >= 0.2 * len(rows):
             break
         if taken + sizes[patient] <= 0.25 * len(rows):
@@ -542,11 +572,15 @@ def write_nih14(
     image_size: int = 128,
     seed: int = 0,
     csv_variant: str = "2017",
+    spot_layout: str = "fixed",
 ) -> pathlib.Path:
     """Write a synthetic NIH ChestX-ray14 download (Kaggle mirror layout) into `out`.
 
     `images_0NN/images/*.png` (square, 8-bit gray, ~3% RGBA), `Data_Entry_2017.csv` with rows of
-    real patients from `NIH14_SAMPLE`, and `train_val_list.txt` / `test_list.txt` split by patient.
+    real patients from `NIH14_SAMPLE` (those with Google's adjudicated labels drawn first),
+    `train_val_list.txt` / `test_list.txt` split by patient, and `BBox_List_2017.csv` in NIH's
+    format: a box around the spot of each of the 8 boxed findings of every image, a little
+    larger and off-centre, as a radiologist draws it.
 
     Args:
         out: folder to write into; must not exist yet or be empty.
@@ -554,6 +588,10 @@ def write_nih14(
         image_size: width and height of every PNG.
         seed: the same seed writes the same bytes.
         csv_variant: "2017" (Kaggle's copy: header with a trailing comma) or "2020" (without).
+        spot_layout: "fixed" (each finding's spot at its place in `NIH14_SPOT_CENTERS`, which
+            the oracle `nih14_signal` measures) or "shuffled" (each image puts its findings'
+            spots at a random permutation of those places: where a finding is must be seen in
+            the image, not known from the finding, as localisation tests need).
 
     Returns:
         `out`, the folder holding Data_Entry_2017.csv.
@@ -564,6 +602,8 @@ def write_nih14(
             f"csv_variant={csv_variant!r} is not one of {sorted(NIH14_CSV_HEADERS)}; "
             "use '2017' for Kaggle's copy or '2020' for NIH's revision"
         )
+    if spot_layout not in SPOT_LAYOUTS:
+        raise ValueError(f"spot_layout={spot_layout!r} is not one of {SPOT_LAYOUTS}")
     root = _new_folder(pathlib.Path(out))
     rng = np.random.default_rng([seed, 0])
     rows = _nih14_rows(rng, num_images)
@@ -580,14 +620,39 @@ def write_nih14(
     # Consecutive runs of the sorted images go to images_001, images_002, ... like the real zips.
     n_folders = min(12, math.ceil(num_images / 50))
     rngs = _image_rngs(seed, num_images)
+    box_rng = np.random.default_rng([seed, 2])  # its own streams: the images stay the same
+    layout_rng = np.random.default_rng([seed, 3])
+    boxes = [NIH14_BOX_HEADER]
     for i, (row, image_rng) in enumerate(zip(_progress(rows, "nih14"), rngs, strict=True)):
         folder = 1 + i * n_folders // num_images
         labels = row["Finding Labels"].split("|")
         findings = [k for k, name in enumerate(LABELS) if name in labels]
-        gray = _chest_image(image_rng, image_size, image_size, findings=findings)
+        centers = NIH14_SPOT_CENTERS
+        if spot_layout == "shuffled":
+            centers = [NIH14_SPOT_CENTERS[j] for j in layout_rng.permutation(len(LABELS))]
+        gray = _chest_image(image_rng, image_size, image_size, findings=findings, centers=centers)
         data = _encode(gray, "RGBA" if image_rng.random() < 0.03 else "L", "PNG")
         _write(root / f"images_{folder:03d}" / "images" / row["Image Index"], data)
+        for written, name in BOX_FINDINGS.items():
+            if name in labels:
+                box = _spot_box(box_rng, centers[LABELS.index(name)], image_size)
+                boxes.append(",".join([row["Image Index"], written, *(repr(v) for v in box)]))
+    (root / "BBox_List_2017.csv").write_text("\n".join(boxes) + "\n")
     return root
+
+
+def spot_box(center, size: int) -> tuple[float, float, float, float]:
+    """(x, y, w, h) in pixels of a `size` x `size` image: the square around a spot's disc."""
+    r = NIH14_SPOT_RADIUS * size
+    return center[0] * size - r, center[1] * size - r, 2 * r, 2 * r
+
+
+def _spot_box(rng: np.random.Generator, center, size: int) -> list[float]:
+    """A radiologist's box around a spot: 0-30% larger than its disc, off-centre by up to a
+    tenth of its radius."""
+    r = NIH14_SPOT_RADIUS * size * rng.uniform(1.0, 1.3)
+    cx, cy = (c * size + rng.uniform(-0.1, 0.1) * NIH14_SPOT_RADIUS * size for c in center)
+    return [float(cx - r), float(cy - r), float(2 * r), float(2 * r)]
 
 
 # --- command line ------------------------------------------------------------------------------

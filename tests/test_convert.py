@@ -16,7 +16,7 @@ from PIL import Image
 
 from cxr_tf import convert as convert_mod
 from cxr_tf import nih14, synthetic
-from cxr_tf.convert import convert, find_dataset_dir, main
+from cxr_tf.convert import SOURCE_SIZES_NAME, convert, find_dataset_dir, main
 from cxr_tf.sources import SourceError
 
 SHARD = re.compile(r"^(pneumonia|nih14)-(train|validation|test)\.tfrecord-(\d{5})-of-(\d{5})$")
@@ -469,3 +469,28 @@ def test_worker_chunks_cover_the_tasks_in_order_and_shrink_at_the_end():
     sizes = [len(c) for c in chunks]
     assert max(sizes) == 16 and sizes == sorted(sizes, reverse=True) and sizes[-1] == 1
     assert convert_mod._chunks([], workers=2) == []
+
+
+def test_nih_source_sizes_are_kept_per_split_for_the_boxes(nih_case):
+    """source_sizes.json: every converted image's size as its file holds it (what NIH's boxes
+    are measured in), under the split it went to; the stray 64 x 64 PNG not in the CSV and the
+    CSV row without an image are absent."""
+    d = nih_case["result"].dataset_dir
+    sizes = json.loads((d / SOURCE_SIZES_NAME).read_text())
+    for split in ("train", "validation", "test"):
+        ids = {e["image_id"].decode() for e in _load(d, split)}
+        assert set(sizes[split]) == ids
+    assert all(hw == [64, 64] for s in sizes.values() for hw in s.values())
+    assert nih_case["victim"] not in {i for s in sizes.values() for i in s}
+
+
+def test_source_sizes_are_the_files_not_the_draft_decode(tmp_path):
+    """A 1316 x 1000 JPEG decoded with DCT scaling for a 64 px output: the size kept is the
+    file's, not the reduced decode's."""
+    from cxr_tf import images
+
+    path = tmp_path / "big.jpeg"
+    Image.fromarray(np.full((1000, 1316), 128, np.uint8)).save(path, quality=90)
+    encoded = images.convert_file(str(path), 64, "jpeg")
+    assert (encoded.source_height, encoded.source_width) == (1000, 1316)
+    assert (encoded.height, encoded.width) == (64, 84)

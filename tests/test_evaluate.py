@@ -91,8 +91,18 @@ def test_cli_prints_the_table_and_takes_thresholds(trained_run, pneumonia_data, 
     assert "PNEUMONIA" in text and "mean AUROC" in text and "95% CI" in text
     saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert saved["classes"]["PNEUMONIA"]["threshold"] == 0.5
+    # Kermany et al. beside the model's own figures, in metrics.json and in the table
+    refs = saved["references"]["metrics"]
+    assert refs["accuracy"] == {"model": saved["accuracy"], "kermany2018": 0.928}
+    assert refs["auroc"]["model"] == saved["classes"]["PNEUMONIA"]["auroc"]
+    assert "Kermany et al. 2018 on the same test folder: accuracy 0.928" in text
     assert main(["--model", str(tmp_path / "none.keras"), "--data", str(pneumonia_data)]) == 2
     assert "neither a .keras file nor a run folder" in capsys.readouterr().err
+    # NIH's boxes and Google's labels are for NIH models: one line naming the dataset
+    for flag, value in (("--boxes", "b.csv"), ("--labels", "google2019")):
+        assert main(args[:6] + [flag, value]) == 2
+        err = capsys.readouterr().err
+        assert "scores NIH ChestX-ray14 models" in err and "pneumonia" in err, err
 
 
 def test_operating_points_at_the_chosen_threshold_and_at_half(

@@ -262,3 +262,59 @@ def test_refuses_to_write_over_files(tmp_path):
         synthetic.write_nih14(tmp_path, num_images=20)
     with pytest.raises(ValueError, match="csv_variant='2019'"):
         synthetic.write_nih14(tmp_path / "new", num_images=20, csv_variant="2019")
+
+
+def test_nih14_box_list_is_in_nihs_format_and_boxes_its_spots(nih14_root):
+    """BBox_List_2017.csv as NIH ships it (header split at its commas; `Infiltrate`), a box per
+    boxed finding of every image, each a little larger than its spot's disc and holding its
+    centre; it parses with cxr_tf.localization, no row rejected."""
+    from cxr_tf import localization
+    from cxr_tf.nih14 import BOX_FINDINGS
+
+    lines = (nih14_root / "BBox_List_2017.csv").read_text().splitlines()
+    assert lines[0] == "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+    boxes, rejected = localization.read_boxes(nih14_root / "BBox_List_2017.csv")
+    assert rejected == [] and len(boxes) == len(lines) - 1 > 20
+    _, rows = _read_data_entry(nih14_root)
+    expected = sorted(
+        (row[0], name)
+        for row in rows
+        for name in BOX_FINDINGS.values()
+        if name in row[1].split("|")
+    )
+    assert sorted((b.image_id, b.finding) for b in boxes) == expected
+    assert any(line.split(",")[1] == "Infiltrate" for line in lines[1:])
+    r = synthetic.NIH14_SPOT_RADIUS * 96
+    for b in boxes:
+        cx, cy = synthetic.NIH14_SPOT_CENTERS[LABELS.index(b.finding)]
+        assert b.x <= cx * 96 <= b.x + b.w and b.y <= cy * 96 <= b.y + b.h
+        assert 2 * r <= b.w <= 2.6 * r + 1e-9 and b.w == b.h
+
+
+def test_nih14_shuffled_layout_moves_spots_and_their_boxes(tmp_path):
+    """spot_layout="shuffled": each image's spots sit at a permutation of the 14 places; the
+    boxes follow them, so a finding's boxes are spread over several places."""
+    from cxr_tf import localization
+
+    root = synthetic.write_nih14(tmp_path, num_images=200, image_size=64, spot_layout="shuffled")
+    boxes, _ = localization.read_boxes(root / "BBox_List_2017.csv")
+    places = collections.defaultdict(set)
+    for b in boxes:
+        centre = ((b.x + b.w / 2) / 64, (b.y + b.h / 2) / 64)
+        nearest = min(
+            range(len(LABELS)),
+            key=lambda k: np.hypot(*np.subtract(synthetic.NIH14_SPOT_CENTERS[k], centre)),
+        )
+        places[b.finding].add(nearest)
+    common = [f for f in places if sum(b.finding == f for b in boxes) >= 10]
+    assert common and all(len(places[f]) >= 4 for f in common), places
+    with pytest.raises(ValueError, match="spot_layout"):
+        synthetic.write_nih14(tmp_path / "x", num_images=20, spot_layout="random")
+
+
+def test_nih14_draws_patients_with_adjudicated_labels_first(nih14_root):
+    """So that evaluate --labels google2019 finds images in the test split."""
+    with gzip.open(synthetic.GOOGLE2019_LABELS, "rt", newline="") as f:
+        google = {row["Image Index"] for row in csv.DictReader(f)}
+    test = (nih14_root / "test_list.txt").read_text().split()
+    assert sum(name in google for name in test) >= 5
