@@ -23,13 +23,13 @@ present), so the two AUROCs differ only by the labels.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import pathlib
 
 import numpy as np
 
 from cxr_tf import storage
+from cxr_tf.localization import read_text
 
 GOOGLE2019 = pathlib.Path(__file__).with_name("data") / "google2019_nih-chest-xray-labels.csv.gz"
 # adjudicated finding -> the model's outputs whose maximum scores it (None: not scorable)
@@ -55,10 +55,8 @@ def read_labels(labels: str) -> tuple[dict[str, dict], list[dict]]:
             f"--labels {labels!r} does not exist; give google2019 (bundled) or the path of "
             "Google's nih-chest-xray-labels CSV"
         )
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))
+    text = read_text(path, "--labels", "google2019 or Google's nih-chest-xray-labels CSV")
+    reader = csv.DictReader(io.StringIO(text))
     needed = ["Image Index", "Patient ID", *FINDINGS]
     missing = [c for c in needed if c not in (reader.fieldnames or [])]
     if missing:
@@ -89,7 +87,11 @@ def score(preds, class_names, labels: str, *, split: str, bootstrap: int, seed: 
     from cxr_tf.evaluate import bootstrap_auroc, fast_auroc
 
     table, rejected = read_labels(labels)
-    rows = [i for i, iid in enumerate(preds.image_ids) if iid in table]
+    rows, seen = [], set()
+    for i, iid in enumerate(preds.image_ids):
+        if iid in table and iid not in seen:  # an image twice in the split counts once
+            rows.append(i)
+            seen.add(iid)
     scorable = {f: outs for f, outs in FINDINGS.items() if outs and set(outs) <= set(class_names)}
     result = {
         "labels": str(resolve(labels)),

@@ -43,7 +43,8 @@ DATASETS = ("pneumonia", "nih14")
 _BYTES_PER_PIXEL = {"jpeg": 0.4, "png": 0.75}
 _PROGRESS = ".progress"
 REPORT_NAME = "conversion_report.json"
-# {split: {image_id: [height, width]}}: each source image's size, which NIH's boxes are given in
+# {"complete": bool, "sizes": {split: {image_id: [height, width]}}}: each source image's size,
+# which NIH's boxes are given in (complete: false where shards from before it were resumed)
 SOURCE_SIZES_NAME = "source_sizes.json"
 
 
@@ -460,7 +461,11 @@ def _write_metadata(module, out_dir, features, shards, markers, result, settings
     sizes = {split: {} for split in SPLITS}  # a marker from before sizes were kept has none
     for s in shards:
         sizes[s.split].update(markers[s.file_name(module.NAME)].get("source_sizes", {}))
-    storage.write_text(out_dir / SOURCE_SIZES_NAME, json.dumps(sizes, separators=(",", ":")))
+    complete = all("source_sizes" in m for m in markers.values())
+    storage.write_text(
+        out_dir / SOURCE_SIZES_NAME,
+        json.dumps({"complete": complete, "sizes": sizes}, separators=(",", ":")),
+    )
     split_infos = []
     for split in SPLITS:
         mine = [markers[s.file_name(module.NAME)] for s in shards if s.split == split]

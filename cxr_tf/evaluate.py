@@ -198,13 +198,12 @@ def evaluate(
         result["adjudicated"] = adjudicated.score(
             preds, names, labels, split=split, bootstrap=bootstrap, seed=seed
         )
-    cases = None
-    if box_list is not None:
+    storage.write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
+    if box_list is not None:  # after metrics.json is written: a failure here loses nothing
         result["localization"], cases = localization.localize(
             model, data_dir, split, info, *box_list, class_names=list(names)
         )
-    storage.write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
-    if cases is not None:
+        storage.write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
         localization.gallery(cases, out_dir / "localization.png")
     plot_names = info.label_names if info.task == "binary" else names
     _plots(

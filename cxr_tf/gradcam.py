@@ -36,10 +36,13 @@ def heatmaps(model: keras.Model, images: np.ndarray, class_index: int) -> np.nda
     return heatmap_pairs(model, images, [class_index] * len(images))
 
 
-def heatmap_pairs(model: keras.Model, images: np.ndarray, class_indices) -> np.ndarray:
+def heatmap_pairs(
+    model: keras.Model, images: np.ndarray, class_indices, *, batch_size: int = 1
+) -> np.ndarray:
     """As `heatmaps`, with image i's map for class `class_indices[i]`: one forward pass for
-    maps of different findings (localisation scores each box for its own finding)."""
-    feats = _features(model)(images)
+    maps of different findings (localisation scores each box for its own finding), compiled
+    for batches of `batch_size` (1 for `predict`'s single images)."""
+    feats = _features(model, batch_size)(images)
     weights = np.asarray(model.get_layer("logits").kernel)[:, list(class_indices)].T
     cam = np.maximum(np.einsum("nhwk,nk->nhw", feats, weights), 0.0)
     peak = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
@@ -49,14 +52,15 @@ def heatmap_pairs(model: keras.Model, images: np.ndarray, class_indices) -> np.n
 _FEATURES = weakref.WeakKeyDictionary()
 
 
-def _features(model: keras.Model):
-    """The compiled forward pass to the `relu` feature maps, made once per model."""
-    if model not in _FEATURES:
+def _features(model: keras.Model, batch_size: int = 1):
+    """The compiled forward pass to the `relu` feature maps, made once per model and batch."""
+    passes = _FEATURES.setdefault(model, {})
+    if batch_size not in passes:
         from cxr_tf.inference import ForwardPass
 
         feature_model = keras.Model(model.input, model.get_layer(FEATURE_LAYER).output)
-        _FEATURES[model] = ForwardPass(feature_model, batch_size=1)
-    return _FEATURES[model]
+        passes[batch_size] = ForwardPass(feature_model, batch_size=batch_size)
+    return passes[batch_size]
 
 
 def upsample(cam: np.ndarray, size: int) -> np.ndarray:

@@ -64,10 +64,7 @@ def read_boxes(path) -> tuple[list[Box], list[dict]]:
             f"--boxes {str(path)!r} does not exist; give NIH's "
             "BBox_List_2017.csv (it ships beside Data_Entry_2017.csv)"
         )
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    rows = list(csv.reader(io.StringIO(read_text(path, "--boxes", "BBox_List_2017.csv"))))
     header = [h.strip() for h in rows[0]] if rows else []
     if tuple(header[:2]) != _HEADER:
         raise ValueError(
@@ -96,6 +93,19 @@ def read_boxes(path) -> tuple[list[Box], list[dict]]:
             continue
         boxes.append(Box(fields[0].strip(), BOX_FINDINGS[written], x, y, w, h, line))
     return boxes, rejected
+
+
+def read_text(path, flag: str, expected: str) -> str:
+    """A CSV's text, gunzipped where it is gzip; one line naming the flag where it is not text."""
+    raw = path.read_bytes()
+    try:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        return raw.decode("utf-8-sig")
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{flag} {str(path)!r} is not a CSV file (plain or gzipped): {err}; give {expected}"
+        ) from None
 
 
 def input_box(box: Box, source_hw, image_size: int, crop_fraction: float):
@@ -191,14 +201,16 @@ def localize(
     batch_size: int = 32,
 ) -> tuple[dict, list[dict]]:
     """Score every box of the split (see the module docstring): the `localization` section of
-    metrics.json, and the scored cases (input image, map, boxes) for `gallery`."""
-    from cxr_tf import gradcam, input_pipeline
+    metrics.json, and the scored cases (input image, map, boxes) for `gallery`.
+
+    Only the images the box list names are read and decoded (the real test split has 25,596
+    images for 880 boxed ones); the split they are in is what its records say."""
+    from cxr_tf import gradcam
     from cxr_tf.models import input_contract
 
     contract = input_contract(model)
     size, crop = contract.image_size, contract.crop_fraction
-    all_sizes, sizes_known = _source_sizes(info)
-    split_sizes = all_sizes.get(split, {})
+    all_sizes, complete = _source_sizes(info)
     where = {iid: s for s, ids in all_sizes.items() for iid in ids}
     flat_sizes = {iid: tuple(hw) for ids in all_sizes.values() for iid, hw in ids.items()}
     centres = _mean_centres(boxes, flat_sizes)
@@ -207,37 +219,20 @@ def localize(
     for b in boxes:
         if b.finding not in class_names:
             skipped[b.finding]["finding is not an output of the model"] += 1
-        elif sizes_known and b.image_id not in split_sizes:
-            reason = (
-                f"image in the {where[b.image_id]} split, not {split}"
-                if b.image_id in where
-                else "image not in the conversion"
-            )
-            skipped[b.finding][reason] += 1
         else:
             wanted[b.image_id].append(b)
-    cases, seen = [], set()
-    ds = input_pipeline.make_dataset(
-        data_dir,
-        split,
-        global_batch_size=batch_size,
-        image_size=size,
-        training=False,
-        channels=contract.channels,
-        crop_fraction=crop,
-        dataset=info.name,
-        with_ids=True,
-        image_dtype=contract.input_dtype,
-    )
-    for images, _, weights, ids, _ in ds.as_numpy_iterator():
+    cases, seen, assumed = [], set(), 0
+    for images, ids in _images_named(info, split, sorted(wanted), contract, batch_size):
         rows, jobs = [], []
-        for i, (iid, w) in enumerate(zip(ids, weights, strict=True)):
+        for i, iid in enumerate(ids):
             iid = iid.decode()
-            if w <= 0 or iid not in wanted or iid in seen:
+            if iid in seen:  # a duplicate record: each box once
                 continue
             seen.add(iid)
+            hw = flat_sizes.get(iid)
+            if hw is None:
+                hw, assumed = (RELEASED_SIZE, RELEASED_SIZE), assumed + 1
             for b in wanted[iid]:
-                hw = split_sizes.get(iid, (RELEASED_SIZE, RELEASED_SIZE))
                 if b.x + b.w > hw[1] * 1.01 or b.y + b.h > hw[0] * 1.01:
                     skipped[b.finding][f"box outside its {hw[1]}x{hw[0]} source image"] += 1
                     continue
@@ -250,7 +245,10 @@ def localize(
         if not rows:
             continue
         maps = gradcam.heatmap_pairs(
-            model, images[rows], [class_names.index(b.finding) for b, _ in jobs]
+            model,
+            images[rows],
+            [class_names.index(b.finding) for b, _ in jobs],
+            batch_size=batch_size,
         )
         for row, (b, truth), cam in zip(rows, jobs, maps, strict=True):
             big = gradcam.upsample(cam, size)
@@ -262,11 +260,48 @@ def localize(
             case["centre_hit"] = _inside((size / 2, size / 2), truth)
             case["mean_box_hit"] = _mean_box_hit(centres, b, truth, size, crop)
             cases.append(case)
-    for iid, bs in wanted.items():  # listed in source_sizes.json but absent from the split
-        if iid not in seen:
-            for b in bs:
-                skipped[b.finding][f"image not in the {split} split"] += 1
-    return _summary(boxes, rejected, cases, skipped, sizes_known), cases
+    for iid, bs in wanted.items():
+        if iid in seen:
+            continue
+        if iid in where and where[iid] != split:
+            reason = f"image in the {where[iid]} split, not {split}"
+        elif complete:
+            reason = "image not in the conversion"
+        else:  # sizes of part of the conversion unknown: it may be in another split
+            reason = f"image not in the {split} split"
+        for b in bs:
+            skipped[b.finding][reason] += 1
+    return _summary(boxes, rejected, cases, skipped, complete, assumed), cases
+
+
+def _images_named(info, split: str, ids: list[str], contract, batch_size: int):
+    """Batches of (model inputs, image ids) of the records of `split` whose id is in `ids`,
+    filtered before decoding, in record order."""
+    import tensorflow as tf
+
+    from cxr_tf.input_pipeline import eval_input
+
+    if not ids:
+        return
+    wanted = tf.constant(ids)
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "image_id": tf.io.FixedLenFeature([], tf.string),
+    }
+
+    def decode(ex):
+        image = tf.io.decode_image(ex["image"], channels=1, expand_animations=False)
+        image = eval_input(
+            image, contract.image_size, contract.crop_fraction, contract.channels,
+            contract.input_dtype,
+        )  # fmt: skip
+        return image, ex["image_id"]
+
+    ds = tf.data.TFRecordDataset(info.files(split))
+    ds = ds.map(lambda record: tf.io.parse_single_example(record, spec))
+    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["image_id"], wanted)))
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    yield from ds.batch(batch_size).prefetch(2).as_numpy_iterator()
 
 
 def _mean_box_hit(centres, box: Box, truth, size, crop):
@@ -282,8 +317,9 @@ def _mean_box_hit(centres, box: Box, truth, size, crop):
 
 
 def _source_sizes(info) -> tuple[dict, bool]:
-    """{split: {image_id: (height, width)}} from the conversion, and whether it had them: a
-    conversion made before cxr_tf kept them gets NIH's released 1024 x 1024 for every image."""
+    """{split: {image_id: (height, width)}} from the conversion's source_sizes.json, and whether
+    it covers every image (a conversion made, or resumed, from shards written before cxr_tf
+    kept sizes covers part or none: those images get NIH's released 1024 x 1024)."""
     import json
 
     from cxr_tf.convert import SOURCE_SIZES_NAME
@@ -292,7 +328,8 @@ def _source_sizes(info) -> tuple[dict, bool]:
     if not path.is_file():
         return {}, False
     raw = json.loads(path.read_text())
-    return {s: {k: tuple(v) for k, v in ids.items()} for s, ids in raw.items()}, True
+    sizes = {s: {k: tuple(v) for k, v in ids.items()} for s, ids in raw["sizes"].items()}
+    return sizes, bool(raw.get("complete"))
 
 
 def _rates(cases: list[dict]) -> dict:
@@ -310,7 +347,7 @@ def _rates(cases: list[dict]) -> dict:
     }
 
 
-def _summary(boxes, rejected, cases, skipped, sizes_known) -> dict:
+def _summary(boxes, rejected, cases, skipped, complete, assumed) -> dict:
     by_finding = defaultdict(list)
     for c in cases:
         by_finding[c["box"].finding].append(c)
@@ -338,11 +375,13 @@ def _summary(boxes, rejected, cases, skipped, sizes_known) -> dict:
     }
     out["rejected_rows"] = rejected[:20]
     out["map_threshold"] = MAP_THRESHOLD
+    out["overall"]["assumed_size"] = assumed
     out["source_sizes"] = (
         "from the conversion"
-        if sizes_known
-        else f"assumed {RELEASED_SIZE}x{RELEASED_SIZE} (NIH's release): the conversion "
-        "predates source_sizes.json; re-run convert to use each file's own size"
+        if not assumed
+        else f"{assumed} images assumed {RELEASED_SIZE}x{RELEASED_SIZE} (NIH's release): "
+        "converted before cxr_tf kept each file's size; convert again with --overwrite to use "
+        "their own"
     )
     return out
 

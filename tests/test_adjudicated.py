@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cxr_tf import adjudicated, references
+from cxr_tf.evaluate import fast_auroc
 from cxr_tf.inference import Predictions
 from cxr_tf.nih14 import LABELS
 
@@ -52,13 +53,17 @@ def test_findings_combine_the_stated_outputs_and_the_nlp_labels_of_the_same_imag
     rng = np.random.default_rng(0)
     ids = [f"{i:08d}_000.png" for i in range(n)]
     truth = rng.integers(0, 2, (n, 3))  # pneumothorax, nodule-or-mass, airspace
-    probs = rng.uniform(0, 0.3, (n, len(LABELS)))
+    probs = np.zeros((n, len(LABELS)))
     nlp = np.zeros((n, len(LABELS)))
     col = LABELS.index
-    probs[:, col("Pneumothorax")] += 0.6 * truth[:, 0]
-    # the larger of Nodule and Mass carries the signal, whichever it is
-    probs[np.arange(n), np.where(np.arange(n) % 2, col("Nodule"), col("Mass"))] += 0.6 * truth[:, 1]
-    probs[:, col("Pneumonia")] += 0.6 * truth[:, 2]
+    probs[:, col("Pneumothorax")] = 0.2 + 0.6 * truth[:, 0] + rng.uniform(0, 0.1, n)
+    # positives: one of the outputs at 0.9, the others 0; negatives: all at 0.6. The maximum
+    # ranks them perfectly, a mean or a sum the wrong way round.
+    for k, outs in ((1, ("Nodule", "Mass")), (2, ("Consolidation", "Infiltration", "Pneumonia"))):
+        cols = [col(o) for o in outs]
+        probs[:, cols] = np.where(truth[:, k, None] == 1, 0.0, 0.6)
+        picked = np.array(cols)[np.arange(n) % len(cols)]
+        probs[np.arange(n), picked] = np.where(truth[:, k] == 1, 0.9, 0.6)
     nlp[:, col("Pneumothorax")] = truth[:, 0]
     nlp[:, col("Mass")] = truth[:, 1]
     nlp[:20, col("Consolidation")] = 1 - truth[:20, 2]  # the NLP labels half wrong here
@@ -66,8 +71,9 @@ def test_findings_combine_the_stated_outputs_and_the_nlp_labels_of_the_same_imag
     rows = [f"{ids[i]},{i},NO,{'YES' if truth[i, 0] else 'NO'},{'YES' if truth[i, 2] else 'NO'},"
             f"{'YES' if truth[i, 1] else 'NO'}" for i in range(n)]  # fmt: skip
     rows.append("99999999_000.png,99999999,NO,NO,NO,NO")  # not in the split
-    preds = _preds(ids + ["00000100_000.png"], np.vstack([probs, probs[:1]]),
-                   np.vstack([nlp, nlp[:1]]))  # fmt: skip
+    # one image not in the file, and one listed twice in the split (counted once)
+    preds = _preds(ids + ["00000100_000.png", ids[0]], np.vstack([probs, probs[:1], probs[:1]]),
+                   np.vstack([nlp, nlp[:1], nlp[:1]]))  # fmt: skip
     result = adjudicated.score(preds, list(LABELS), str(_labels_file(tmp_path, rows)),
                                split="test", bootstrap=50)  # fmt: skip
     f = result["findings"]
@@ -75,6 +81,8 @@ def test_findings_combine_the_stated_outputs_and_the_nlp_labels_of_the_same_imag
     assert f["Pneumothorax"]["auroc"] == 1.0 and f["Nodule or mass"]["auroc"] == 1.0
     assert f["Airspace opacity"]["auroc"] == 1.0
     assert f["Airspace opacity"]["from_outputs"] == ["Consolidation", "Infiltration", "Pneumonia"]
+    mean_score = probs[:, [col("Nodule"), col("Mass")]].mean(axis=1)
+    assert fast_auroc(truth[:, 1] == 1, mean_score) == 0.0  # what a mean would have given
     assert f["Pneumothorax"]["auroc_nlp_labels"] == 1.0  # the same labels both ways
     assert f["Airspace opacity"]["auroc_nlp_labels"] < 0.8  # the noisy half shows
     assert f["Airspace opacity"]["labels_agree"] < 0.8
@@ -99,6 +107,11 @@ def test_a_file_labelling_no_image_of_the_split_fails_in_one_line_naming_the_cou
     bad.write_text("Image Index,Finding Labels\na.png,Mass\n")
     with pytest.raises(ValueError, match="lacks the columns"):
         adjudicated.read_labels(str(bad))
+    binary = tmp_path / "labels.zip"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00\x81")
+    with pytest.raises(ValueError, match="is not a CSV file") as err:
+        adjudicated.read_labels(str(binary))
+    assert "\n" not in str(err.value) and "--labels" in str(err.value)
 
 
 def test_references_give_chexnet_per_finding_and_kermany_for_pneumonia():

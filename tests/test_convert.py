@@ -476,7 +476,9 @@ def test_nih_source_sizes_are_kept_per_split_for_the_boxes(nih_case):
     are measured in), under the split it went to; the stray 64 x 64 PNG not in the CSV and the
     CSV row without an image are absent."""
     d = nih_case["result"].dataset_dir
-    sizes = json.loads((d / SOURCE_SIZES_NAME).read_text())
+    saved = json.loads((d / SOURCE_SIZES_NAME).read_text())
+    assert saved["complete"] is True
+    sizes = saved["sizes"]
     for split in ("train", "validation", "test"):
         ids = {e["image_id"].decode() for e in _load(d, split)}
         assert set(sizes[split]) == ids

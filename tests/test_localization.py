@@ -120,8 +120,10 @@ def test_a_model_whose_map_is_known_gives_exact_iobb_figures(tmp_path):
     """The map is the pooled image: 1 on the rectangle's cells, 0 elsewhere; its half-peak
     region, upsampled, is the rectangle exactly (x 8..24, y 24..40 in the 64 px input). Boxes
     given in the 128 px source: the rectangle (IoBB 1, a hit), its left half (0.5), its
-    top-left quarter (0.25), and one beside it (0, a miss); one more box's image is in the
-    train split and one is in no conversion: counted, not scored."""
+    top-left quarter (0.25), and one on the input's centre (0, a miss, a centre-baseline hit);
+    one more box's image is in the train split and one is in no conversion: counted, not
+    scored. Mass's mean-box baseline leaves its own image out: with it the mean box's centre
+    (16, 39) would hit; without, the other image's box centre (16, 46) misses."""
     source = tmp_path / "raw"
     _rectangle_archive(source, 128)
     data = tmp_path / "tf"
@@ -135,9 +137,9 @@ def test_a_model_whose_map_is_known_gives_exact_iobb_figures(tmp_path):
         "00000001_000.png,Mass,16,48,32,32\n"
         "00000002_000.png,Nodule,16,48,16,32\n"
         "00000003_000.png,Atelectasis,16,48,16,16\n"
-        "00000004_000.png,Effusion,90,90,20,20\n"
-        "00000009_000.png,Mass,16,48,32,32\n"
-        "99999999_000.png,Mass,16,48,32,32\n"
+        "00000004_000.png,Effusion,56,56,16,16\n"
+        "00000009_000.png,Mass,22,82,20,20\n"
+        "99999999_000.png,Nodule,16,48,16,32\n"
     )
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "cxr_tf.evaluate", "--model", str(model_path), "--data",
@@ -165,10 +167,39 @@ def test_a_model_whose_map_is_known_gives_exact_iobb_figures(tmp_path):
         "image in the validation split, not test": 1,
         "image not in the conversion": 1,
     }
-    assert f["Mass"]["boxes"] == 3 and f["Mass"]["scored"] == 1 and f["Mass"]["skipped"] == 2
+    assert f["Mass"]["boxes"] == 2 and f["Mass"]["scored"] == 1 and f["Mass"]["skipped"] == 1
+    assert f["Nodule"]["boxes"] == 2 and f["Nodule"]["skipped_reasons"] == {
+        "image not in the conversion": 1
+    }
+    centre = {name: f[name]["pointing_game_centre"] for name in iobb}
+    assert centre == {"Mass": 0.0, "Nodule": 0.0, "Atelectasis": 0.0, "Effusion": 1.0}
+    mean_box = {name: f[name]["pointing_game_mean_box"] for name in iobb}
+    # Nodule's other box is in no conversion: its size is taken as NIH's 1024, so its centre
+    # (24, 64) / 1024 lands at (1.5, 4) in the input, outside; a finding with one box has none
+    assert mean_box == {"Mass": 0.0, "Nodule": 0.0, "Atelectasis": None, "Effusion": None}
+    assert overall["pointing_game_centre"] == 0.25 and overall["pointing_game"] == 0.75
     assert (out / "localization.png").stat().st_size > 10_000
     assert "acc IoBB>0.5" in run.stdout and "pointing game" in run.stdout
     assert "of 6 boxes, 2 not scored" in run.stdout
+
+    # A conversion resumed from shards written before sizes were kept: source_sizes.json
+    # lacks image 1 and says it is incomplete. Its boxes are still scored (at NIH's 1024, as
+    # counted and said), and an image it does not list is "not in the test split", not "not in
+    # the conversion", which it cannot know.
+    from cxr_tf.convert import SOURCE_SIZES_NAME, find_dataset_dir
+    from cxr_tf.evaluate import main
+
+    sizes_path = find_dataset_dir(data, "nih14") / SOURCE_SIZES_NAME
+    sizes = json.loads(sizes_path.read_text())
+    del sizes["sizes"]["test"]["00000001_000.png"]
+    sizes_path.write_text(json.dumps({"complete": False, "sizes": sizes["sizes"]}))
+    args = ["--model", str(model_path), "--data", str(data), "--boxes", str(boxes), "--out",
+            str(tmp_path / "eval2"), "--bootstrap", "20"]  # fmt: skip
+    assert main(args) == 0
+    loc = json.loads((tmp_path / "eval2" / "metrics.json").read_text())["localization"]
+    assert loc["overall"]["scored"] == 4 and loc["overall"]["assumed_size"] == 1
+    assert "1 images assumed 1024x1024" in loc["source_sizes"]
+    assert loc["findings"]["Nodule"]["skipped_reasons"] == {"image not in the test split": 1}
 
 
 # --- a trained tiny model on synthetic chests ------------------------------------------------
